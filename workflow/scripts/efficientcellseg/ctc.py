@@ -1,0 +1,348 @@
+"""Cell Tracking Challenge data layout: find sequences, frames and annotations; read and write masks.
+
+Layout (https://celltrackingchallenge.net/datasets/)::
+
+    <dataset>/01/t000.tif                 raw frames, 2D (Y, X) or 3D (Z, Y, X); 3 or 4 digits
+    <dataset>/01_GT/SEG/man_seg000.tif    full gold-truth masks of selected frames
+    <dataset>/01_GT/SEG/man_seg_000_012.tif   gold truth of one slice (time 000, slice 012)
+    <dataset>/01_GT/TRA/man_track000.tif  tracking markers of every frame, plus man_track.txt
+    <dataset>/01_ST/SEG/man_seg000.tif    silver truth (computer-generated)
+    <dataset>/01_RES/mask000.tif          results: uint16, one per frame, same shape as the frame
+
+Every reader here checks what it reads and raises :class:`CTCFormatError` naming the file, so
+that bad input never surfaces as a traceback from deep inside NumPy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+FRAME_PATTERN = re.compile(r"^t(\d{3,4})\.tiff?$")
+MASK_PATTERN = re.compile(r"^mask(\d{3,4})\.tiff?$")
+SEG_FULL_PATTERN = re.compile(r"^man_seg(\d{3,4})\.tiff?$")
+SEG_SLICE_PATTERN = re.compile(r"^man_seg_(\d{3,4})_(\d{3,4})\.tiff?$")
+TRA_PATTERN = re.compile(r"^man_track(\d{3,4})\.tiff?$")
+SEQUENCE_PATTERN = re.compile(r"^\d{2}$")
+MAX_LABEL = np.iinfo(np.uint16).max
+
+
+class CTCFormatError(ValueError):
+    """A file or folder does not follow the CTC conventions; the message names it and says why."""
+
+
+@dataclass(frozen=True)
+class SegAnnotation:
+    """One segmentation annotation file: a full 2D/3D mask, or one slice of a 3D frame."""
+
+    frame: int
+    path: Path
+    slice: int | None = None  # None: the file covers the whole frame
+
+    @property
+    def is_slice(self) -> bool:
+        return self.slice is not None
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """One CTC sequence (``01``, ``02``, ...) of a dataset folder and the annotations beside it."""
+
+    dataset_dir: Path
+    name: str
+    frames: dict[int, Path]
+    digits: int
+    frame_shape: tuple[int, ...]
+    gt_seg: tuple[SegAnnotation, ...] = ()
+    st_seg: tuple[SegAnnotation, ...] = ()
+    tra_markers: dict[int, Path] = field(default_factory=dict)
+    tra_tracks: Path | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.dataset_dir / self.name
+
+    @property
+    def ndim(self) -> int:
+        """Spatial dimensionality of the frames (2 or 3)."""
+        return len(self.frame_shape)
+
+    @property
+    def frame_ids(self) -> list[int]:
+        return sorted(self.frames)
+
+    def annotations(self, source: str) -> tuple[SegAnnotation, ...]:
+        """Segmentation annotations of one source: ``"GT"`` (gold) or ``"ST"`` (silver)."""
+        if source not in ("GT", "ST"):
+            raise ValueError(f"annotation source must be 'GT' or 'ST', not {source!r}")
+        return self.gt_seg if source == "GT" else self.st_seg
+
+
+def frame_name(frame: int, digits: int) -> str:
+    return f"t{frame:0{digits}d}.tif"
+
+
+def mask_name(frame: int, digits: int) -> str:
+    return f"mask{frame:0{digits}d}.tif"
+
+
+def discover_sequences(dataset_dir: str | os.PathLike) -> list[str]:
+    """Names of the sequences (two-digit folders holding ``t*.tif`` frames) in a dataset folder."""
+    dataset_dir = Path(dataset_dir)
+    if not dataset_dir.is_dir():
+        raise CTCFormatError(f"{dataset_dir}: dataset folder does not exist")
+    names = sorted(
+        p.name
+        for p in dataset_dir.iterdir()
+        if p.is_dir() and SEQUENCE_PATTERN.match(p.name) and _frame_files(p)
+    )
+    if not names:
+        raise CTCFormatError(
+            f"{dataset_dir}: no sequence found (expected folders such as 01/ holding t000.tif ...)"
+        )
+    return names
+
+
+def open_sequence(dataset_dir: str | os.PathLike, name: str) -> Sequence:
+    """Index one sequence: its frames, their digit count and shape, and every annotation present.
+
+    Only headers are read, so this is cheap even for large datasets.
+    """
+    dataset_dir = Path(dataset_dir)
+    seq_dir = dataset_dir / name
+    if not seq_dir.is_dir():
+        raise CTCFormatError(f"{seq_dir}: sequence folder does not exist")
+    frames, digits = _index_files(_frame_files(seq_dir), FRAME_PATTERN, seq_dir, "frame")
+    if not frames:
+        raise CTCFormatError(f"{seq_dir}: no frames named t000.tif (or t0000.tif) found")
+    first = frames[min(frames)]
+    frame_shape = tiff_shape(first)
+    if len(frame_shape) not in (2, 3):
+        raise CTCFormatError(
+            f"{first}: frames must be 2D (Y, X) or 3D (Z, Y, X), found shape {frame_shape}"
+        )
+    gt_seg = _seg_annotations(dataset_dir / f"{name}_GT" / "SEG", digits)
+    st_seg = _seg_annotations(dataset_dir / f"{name}_ST" / "SEG", digits)
+    tra_dir = dataset_dir / f"{name}_GT" / "TRA"
+    tra_markers: dict[int, Path] = {}
+    tra_tracks = None
+    if tra_dir.is_dir():
+        files = [p for p in tra_dir.iterdir() if TRA_PATTERN.match(p.name)]
+        tra_markers, _ = _index_files(files, TRA_PATTERN, tra_dir, "marker", digits)
+        if (tra_dir / "man_track.txt").is_file():
+            tra_tracks = tra_dir / "man_track.txt"
+    for ann in (*gt_seg, *st_seg):
+        if ann.frame not in frames:
+            raise CTCFormatError(
+                f"{ann.path}: annotates frame {ann.frame}, but {seq_dir} has no such frame"
+            )
+    return Sequence(
+        dataset_dir=dataset_dir,
+        name=name,
+        frames=frames,
+        digits=digits,
+        frame_shape=frame_shape,
+        gt_seg=gt_seg,
+        st_seg=st_seg,
+        tra_markers=tra_markers,
+        tra_tracks=tra_tracks,
+    )
+
+
+def tiff_shape(path: Path) -> tuple[int, ...]:
+    """Shape of the image in a TIFF file (singleton axes dropped) without reading its pixels."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            shape = tif.series[0].shape
+    except FileNotFoundError:
+        raise CTCFormatError(f"{path}: file does not exist") from None
+    except Exception as exc:
+        raise CTCFormatError(f"{path}: not a readable TIFF file ({exc})") from exc
+    return _squeezed_shape(tuple(shape))
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a frame (2D or 3D) from a TIFF file, with singleton axes removed."""
+    path = Path(path)
+    try:
+        image = tifffile.imread(path)
+    except FileNotFoundError:
+        raise CTCFormatError(f"{path}: file does not exist") from None
+    except Exception as exc:
+        raise CTCFormatError(f"{path}: not a readable TIFF file ({exc})") from exc
+    image = image.reshape(_squeezed_shape(image.shape))
+    if image.ndim not in (2, 3):
+        raise CTCFormatError(f"{path}: expected a 2D or 3D image, found shape {image.shape}")
+    return image
+
+
+def read_labels(
+    path: str | os.PathLike, expected_shape: Iterable[int] | None = None
+) -> np.ndarray:
+    """Read an instance label image, checking it is integer, non-negative and of the right shape.
+
+    Returns the labels as uint16 when they fit (the CTC mask type), else as uint32/int64.
+    """
+    path = Path(path)
+    labels = read_image(path)
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        raise CTCFormatError(
+            f"{path}: label images must hold integers, found {labels.dtype} "
+            "(save masks as uint16 with one positive value per object)"
+        )
+    if expected_shape is not None and labels.shape != tuple(expected_shape):
+        raise CTCFormatError(
+            f"{path}: shape {labels.shape} does not match its image shape {tuple(expected_shape)}"
+        )
+    if labels.size and np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
+        raise CTCFormatError(f"{path}: label images must not hold negative values")
+    if labels.dtype == bool or (labels.size and labels.max() <= MAX_LABEL):
+        return labels.astype(np.uint16, copy=False)
+    return labels
+
+
+def read_annotation(ann: SegAnnotation, frame_shape: tuple[int, ...]) -> np.ndarray:
+    """Read one SEG annotation and check it against the frame it annotates."""
+    if ann.slice is None:
+        return read_labels(ann.path, frame_shape)
+    if len(frame_shape) != 3:
+        raise CTCFormatError(f"{ann.path}: a per-slice annotation needs 3D frames")
+    if not 0 <= ann.slice < frame_shape[0]:
+        raise CTCFormatError(
+            f"{ann.path}: slice {ann.slice} is outside the frame's {frame_shape[0]} slices"
+        )
+    return read_labels(ann.path, frame_shape[1:])
+
+
+def read_man_track(path: str | os.PathLike) -> np.ndarray:
+    """Read ``man_track.txt`` (one ``L B E P`` line per track) as an (N, 4) int array."""
+    path = Path(path)
+    rows = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 4 or not all(p.lstrip("-").isdigit() for p in parts):
+            raise CTCFormatError(f"{path}:{number}: expected 'L B E P' (4 integers), got {line!r}")
+        rows.append([int(p) for p in parts])
+    return np.array(rows, dtype=np.int64).reshape(-1, 4)
+
+
+def write_man_track(path: str | os.PathLike, tracks: np.ndarray) -> None:
+    text = "".join(f"{int(a)} {int(b)} {int(c)} {int(d)}\n" for a, b, c, d in tracks)
+    atomic_write_bytes(Path(path), text.encode())
+
+
+def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
+    """Write a label image as uint16 TIFF, atomically: no half-written file survives an interrupt."""
+    path = Path(path)
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{path}: labels must be integers, got {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() > MAX_LABEL):
+        raise ValueError(
+            f"{path}: labels must lie in 0..{MAX_LABEL} to be stored as uint16, "
+            f"got {labels.min()}..{labels.max()}"
+        )
+    write_tiff(path, labels.astype(np.uint16, copy=False))
+
+
+def write_tiff(path: str | os.PathLike, image: np.ndarray, **kwargs) -> None:
+    """Write a TIFF atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        tifffile.imwrite(tmp, image, **kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def result_dir(seq: Sequence) -> Path:
+    return seq.dataset_dir / f"{seq.name}_RES"
+
+
+def missing_masks(seq: Sequence, res_dir: str | os.PathLike) -> list[int]:
+    """Frames of ``seq`` that have no result mask in ``res_dir`` yet (for resuming)."""
+    res_dir = Path(res_dir)
+    return [f for f in seq.frame_ids if not (res_dir / mask_name(f, seq.digits)).is_file()]
+
+
+def _frame_files(seq_dir: Path) -> list[Path]:
+    return [p for p in seq_dir.iterdir() if FRAME_PATTERN.match(p.name)]
+
+
+def _index_files(
+    files: Iterable[Path],
+    pattern: re.Pattern,
+    folder: Path,
+    what: str,
+    digits: int | None = None,
+) -> tuple[dict[int, Path], int]:
+    """Map frame number -> file, checking that every name uses the same digit count."""
+    index: dict[int, Path] = {}
+    seen_digits = set()
+    for path in files:
+        number = pattern.match(path.name).group(1)
+        seen_digits.add(len(number))
+        index[int(number)] = path
+    if len(seen_digits) > 1:
+        raise CTCFormatError(
+            f"{folder}: {what} names mix {sorted(seen_digits)} digits; use one digit count"
+        )
+    found = seen_digits.pop() if seen_digits else (digits or 3)
+    if digits is not None and index and found != digits:
+        raise CTCFormatError(
+            f"{folder}: {what} names use {found} digits but the frames use {digits}"
+        )
+    return dict(sorted(index.items())), found
+
+
+def _seg_annotations(seg_dir: Path, digits: int) -> tuple[SegAnnotation, ...]:
+    if not seg_dir.is_dir():
+        return ()
+    annotations = []
+    for path in sorted(seg_dir.iterdir()):
+        if m := SEG_FULL_PATTERN.match(path.name):
+            annotations.append(SegAnnotation(int(m.group(1)), path))
+            numbers = [m.group(1)]
+        elif m := SEG_SLICE_PATTERN.match(path.name):
+            annotations.append(SegAnnotation(int(m.group(1)), path, int(m.group(2))))
+            numbers = [m.group(1)]
+        else:
+            continue
+        if len(numbers[0]) != digits:
+            raise CTCFormatError(
+                f"{path}: frame number has {len(numbers[0])} digits but the frames use {digits}"
+            )
+    return tuple(annotations)
+
+
+def _squeezed_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Drop singleton axes beyond the last two (a 3D stack of one slice stays 3D only if Z>1)."""
+    if len(shape) <= 2:
+        return shape
+    kept = tuple(s for s in shape[:-2] if s != 1)
+    return kept + shape[-2:]
