@@ -44,3 +44,12 @@ def cho_dataset(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cho") / "Fluo-N3DH-CHO-sample"
     write_cho_dataset(path, CACHE_DIR)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """The tiny network (same code path as the paper's), built once per test session."""
+    from efficientcellseg.model import build_model, resolve_config
+
+    config = resolve_config("tiny")
+    return build_model(config), config

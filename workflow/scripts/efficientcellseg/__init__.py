@@ -5,3 +5,9 @@ Modules are split by concern; only :mod:`efficientcellseg.model`, :mod:`.trainin
 """
 
 __version__ = "0.1.0"
+
+import os as _os
+
+# Quiet TensorFlow's C++ start-up chatter and pin Keras to TensorFlow, before anything imports it.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_os.environ.setdefault("KERAS_BACKEND", "tensorflow")

@@ -1,4 +1,4 @@
-"""Cell Tracking Challenge data layout: find sequences, frames and annotations; read and write masks.
+"""Cell Tracking Challenge data layout: find sequences, frames and annotations; read, write masks.
 
 Layout (https://celltrackingchallenge.net/datasets/)::
 
@@ -160,11 +160,13 @@ def tiff_shape(path: Path) -> tuple[int, ...]:
     """Shape of the image in a TIFF file (singleton axes dropped) without reading its pixels."""
     try:
         with tifffile.TiffFile(path) as tif:
-            shape = tif.series[0].shape
+            shape = tif.series[0].shape if tif.series else ()
     except FileNotFoundError:
         raise CTCFormatError(f"{path}: file does not exist") from None
     except Exception as exc:
         raise CTCFormatError(f"{path}: not a readable TIFF file ({exc})") from exc
+    if not shape or 0 in shape:
+        raise CTCFormatError(f"{path}: not a readable TIFF file (it holds no image data)")
     return _squeezed_shape(tuple(shape))
 
 
@@ -177,15 +179,15 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise CTCFormatError(f"{path}: file does not exist") from None
     except Exception as exc:
         raise CTCFormatError(f"{path}: not a readable TIFF file ({exc})") from exc
+    if image.size == 0:
+        raise CTCFormatError(f"{path}: not a readable TIFF file (it holds no image data)")
     image = image.reshape(_squeezed_shape(image.shape))
     if image.ndim not in (2, 3):
         raise CTCFormatError(f"{path}: expected a 2D or 3D image, found shape {image.shape}")
     return image
 
 
-def read_labels(
-    path: str | os.PathLike, expected_shape: Iterable[int] | None = None
-) -> np.ndarray:
+def read_labels(path: str | os.PathLike, expected_shape: Iterable[int] | None = None) -> np.ndarray:
     """Read an instance label image, checking it is integer, non-negative and of the right shape.
 
     Returns the labels as uint16 when they fit (the CTC mask type), else as uint32/int64.
@@ -241,7 +243,7 @@ def write_man_track(path: str | os.PathLike, tracks: np.ndarray) -> None:
 
 
 def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
-    """Write a label image as uint16 TIFF, atomically: no half-written file survives an interrupt."""
+    """Write labels as a uint16 TIFF, atomically: no half-written file survives an interrupt."""
     path = Path(path)
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer):

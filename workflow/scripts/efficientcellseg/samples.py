@@ -101,7 +101,8 @@ def write_cho_dataset(out_dir: str | Path, cache_dir: str | Path) -> dict:
         first = index * FRAMES_PER_SEQUENCE
         for t in range(FRAMES_PER_SEQUENCE):
             ctc.write_tiff(out_dir / name / ctc.frame_name(t, 3), image[first + t])
-            ctc.write_labels(out_dir / f"{name}_ST" / "SEG" / f"man_seg{t:03d}.tif", masks[first + t])
+            st_path = out_dir / f"{name}_ST" / "SEG" / f"man_seg{t:03d}.tif"
+            ctc.write_labels(st_path, masks[first + t])
         summary["sequences"][name] = {
             "frames": FRAMES_PER_SEQUENCE,
             "original_frames": f"{first}-{first + FRAMES_PER_SEQUENCE - 1}",
@@ -117,4 +118,3 @@ def write_cho_dataset(out_dir: str | Path, cache_dir: str | Path) -> dict:
         "scores against them are pseudo-SEG.\n"
     )
     return summary
-

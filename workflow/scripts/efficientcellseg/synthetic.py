@@ -137,7 +137,8 @@ def write_synthetic_dataset(out_dir: str | Path, spec: SyntheticSpec | None = No
     (out_dir / "README.txt").write_text(
         "Synthetic CTC-layout dataset made by `efficientcellseg synthetic`.\n"
         f"Settings: {asdict(spec)}\n"
-        "0X_GT/SEG: exact masks (full masks on even frames; per-slice masks on odd frames of 3D data).\n"
+        "0X_GT/SEG: exact masks (full masks on even frames; per-slice masks on odd frames\n"
+        "  of 3D data).\n"
         "0X_GT/TRA: markers (nucleus centres) of every frame with man_track.txt.\n"
         "0X_ST/SEG: silver truth of every frame: exact masks with ~30% of nuclei one voxel "
         "too small.\n"
@@ -198,9 +199,7 @@ def _place_nuclei(spec: SyntheticSpec, volume: tuple, rng: np.random.Generator) 
         centre = _clip_centre(centre, radii, volume, spec.ndim)
         if any(_overlap(centre, radii, n) for n in nuclei):
             continue
-        nuclei.append(
-            _Nucleus(centre, radii, rng.uniform(0, np.pi), rng.uniform(*spec.brightness))
-        )
+        nuclei.append(_Nucleus(centre, radii, rng.uniform(0, np.pi), rng.uniform(*spec.brightness)))
     if len(nuclei) < spec.n_objects:
         log.warning("only %d of %d nuclei fit; enlarge the image", len(nuclei), spec.n_objects)
     return nuclei

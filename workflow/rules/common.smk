@@ -1,0 +1,65 @@
+# Helpers of the workflow: typed dataset settings, wildcard constraints and input functions.
+import re
+import sys
+from pathlib import Path
+
+# The library lives in workflow/scripts; make it importable here even when not pip-installed.
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
+
+from efficientcellseg.config import dataset_settings  # noqa: E402
+
+DATASETS = {name: dataset_settings(config, name) for name in config["datasets"]}
+
+
+def _alternatives(names):
+    """Regex matching exactly one of ``names`` (and nothing when there are none)."""
+    return "|".join(re.escape(n) for n in sorted(names)) or "(?!)"
+
+
+def ctc_names(source):
+    return _alternatives(d.ctc_name for d in DATASETS.values() if d.source == source)
+
+
+wildcard_constraints:
+    ds=_alternatives(DATASETS),
+    seq=r"\d{2}",
+    fold=r"all|without-\d{2}",
+    task="segmentation|centres",
+
+
+def dataset_dir(wildcards):
+    return f"resources/ctc/{DATASETS[wildcards.ds].ctc_name}"
+
+
+def training_slices(wildcards):
+    """Pseudocolored annotated slices of the sequences a fold's models learn from."""
+    sequences = DATASETS[wildcards.ds].training_sequences(wildcards.fold)
+    return [f"results/{wildcards.ds}/pseudocolor/{seq}.npz" for seq in sequences]
+
+
+def model_folder_files(ds, fold):
+    """Files of a complete model folder: the networks the dataset needs and pipeline.json."""
+    folder = f"results/{ds}/models/{fold}"
+    networks = [f"{folder}/{task}.{ext}" for task in DATASETS[ds].tasks for ext in ("keras", "onnx")]
+    return networks + [f"{folder}/pipeline.json"]
+
+
+def heldout_model_folder(wildcards):
+    """Models that predict sequence ``seq``: trained on all other sequences."""
+    return model_folder_files(wildcards.ds, f"without-{wildcards.seq}")
+
+
+def heldout_predictions(wildcards):
+    return [
+        f"results/{wildcards.ds}/predictions/{seq}.json"
+        for seq in DATASETS[wildcards.ds].sequences
+    ]
+
+
+def heldout_model_metadata(wildcards):
+    ds = DATASETS[wildcards.ds]
+    return [
+        f"results/{wildcards.ds}/models/without-{seq}/{task}.json"
+        for seq in ds.sequences
+        for task in ds.tasks
+    ]

@@ -1,0 +1,88 @@
+# Datasets in CTC layout under resources/: downloaded from the CTC server, or built in.
+
+
+rule download_dataset:
+    output:
+        directory("resources/ctc/{ctc}"),
+    log:
+        "logs/download/{ctc}.log",
+    params:
+        kind="training",
+        expected_bytes=lambda wildcards: next(
+            d.download_bytes for d in DATASETS.values() if d.ctc_name == wildcards.ctc
+        ),
+    wildcard_constraints:
+        ctc=ctc_names("ctc"),
+    resources:
+        mem_mb=2000,
+        runtime=240,
+    conda:
+        "../../envs/download.yaml"
+    script:
+        "../scripts/download_dataset.py"
+
+
+use rule download_dataset as download_test_dataset with:
+    output:
+        directory("resources/ctc-test/{ctc}"),
+    log:
+        "logs/download/{ctc}-test.log",
+    params:
+        kind="test",
+        expected_bytes=None,
+
+
+rule synthetic_dataset:
+    output:
+        directory("resources/ctc/{ctc}"),
+    log:
+        "logs/synthetic/{ctc}.log",
+    params:
+        spec=lambda wildcards: next(
+            d.synthetic for d in DATASETS.values() if d.ctc_name == wildcards.ctc
+        ),
+    wildcard_constraints:
+        ctc=ctc_names("synthetic"),
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/imaging.yaml"
+    script:
+        "../scripts/synthetic_dataset.py"
+
+
+rule sample_cho:
+    output:
+        directory("resources/ctc/{ctc}"),
+    log:
+        "logs/sample/{ctc}.log",
+    params:
+        cache=".cache",
+    wildcard_constraints:
+        ctc=ctc_names("sample-cho"),
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../../envs/imaging.yaml"
+    script:
+        "../scripts/sample_dataset.py"
+
+
+rule pseudocolor:
+    input:
+        dataset=dataset_dir,
+    output:
+        "results/{ds}/pseudocolor/{seq}.npz",
+    log:
+        "logs/{ds}/pseudocolor/{seq}.log",
+    benchmark:
+        "results/{ds}/benchmarks/pseudocolor_{seq}.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        "../../envs/imaging.yaml"
+    script:
+        "../scripts/pseudocolor.py"

@@ -1,0 +1,51 @@
+# Networks per dataset and fold: "without-<seq>" models never see sequence <seq> (held-out
+# scores), "all" models learn from every annotated sequence (the CTC submission).
+
+
+rule train:
+    input:
+        slices=training_slices,
+    output:
+        model="results/{ds}/models/{fold}/{task}.keras",
+        metadata="results/{ds}/models/{fold}/{task}.json",
+        onnx="results/{ds}/models/{fold}/{task}.onnx",
+        log_csv="results/{ds}/models/{fold}/{task}_log.csv",
+        curve=report(
+            "results/{ds}/models/{fold}/{task}_curve.png",
+            caption="../report/training_curve.rst",
+            category="Training",
+            subcategory="{ds}",
+            labels={"dataset": "{ds}", "models": "{fold}", "network": "{task}"},
+        ),
+    log:
+        "logs/{ds}/train/{fold}_{task}.log",
+    benchmark:
+        "results/{ds}/benchmarks/train_{fold}_{task}.tsv"
+    params:
+        model_config=lambda wildcards: DATASETS[wildcards.ds].model.to_dict(),
+        settings=lambda wildcards: DATASETS[wildcards.ds].training,
+        training_set=lambda wildcards: DATASETS[wildcards.ds].training_set,
+        checkpoint_dir=lambda wildcards: f"results/{wildcards.ds}/models/{wildcards.fold}/.{wildcards.task}_checkpoint",
+    threads: 8
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=1440,
+    conda:
+        "../../envs/tensorflow.yaml"
+    script:
+        "../scripts/train.py"
+
+
+rule pipeline_settings:
+    output:
+        "results/{ds}/models/{fold}/pipeline.json",
+    log:
+        "logs/{ds}/pipeline_settings/{fold}.log",
+    params:
+        settings=lambda wildcards: DATASETS[wildcards.ds].pipeline.to_dict(),
+    localrule: True
+    conda:
+        "../../envs/imaging.yaml"
+    script:
+        "../scripts/pipeline_settings.py"
