@@ -66,7 +66,29 @@ def build_parser() -> argparse.ArgumentParser:
     # -- pseudocolor command --
     # -- download command --
     # -- model commands --
+    p = commands.add_parser("params", help="parameter counts of a model configuration")
+    p.add_argument(
+        "--config", default="paper", help="preset (paper, tiny) or a YAML/JSON settings file"
+    )
+    p.set_defaults(handler=_params)
+
+    p = commands.add_parser("export", help="export a trained .keras network to ONNX beside it")
+    p.add_argument("model", type=Path, help="the .keras file")
+    p.set_defaults(handler=_export)
     # -- predict command --
+    p = commands.add_parser(
+        "predict", help="segment one CTC sequence with a model folder (as the CTC scripts do)"
+    )
+    p.add_argument("sequence_dir", type=Path, help="input sequence folder, e.g. Fluo-X/01")
+    p.add_argument("result_dir", type=Path, help="where mask###.tif go, e.g. Fluo-X/01_RES")
+    p.add_argument("--models", type=Path, required=True, help="model folder (with pipeline.json)")
+    p.add_argument("--backend", default="auto", choices=["auto", "keras", "onnx", "openvino"])
+    p.add_argument("--batch-size", type=int, default=4, help="slices per batch (default 4)")
+    p.add_argument("--frames", type=int, nargs="+", help="only these frame numbers")
+    p.add_argument(
+        "--overwrite", action="store_true", help="redo masks that exist (default: resume)"
+    )
+    p.set_defaults(handler=_predict)
     return parser
 
 
@@ -95,6 +117,42 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 # -- command handlers --
+
+
+def _params(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from .model import build_model, parameter_counts, resolve_config
+
+    config = replace(resolve_config(args.config), encoder_weights=None)  # counts need no weights
+    counts = parameter_counts(build_model(config), config)
+    for part in ("total", "encoder", "decoder"):
+        print(f"{part:8s} {counts[part]:>12,}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .inference import export_onnx
+
+    print(f"wrote {export_onnx(args.model)}")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from .segment import segment_sequence
+
+    summary = segment_sequence(
+        args.sequence_dir,
+        args.result_dir,
+        args.models,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        frames=args.frames,
+        overwrite=args.overwrite,
+        progress=sys.stderr.isatty(),
+    )
+    print(
+        f"wrote {len(summary['written'])} masks to {args.result_dir}"
+        + (f" (kept {len(summary['skipped'])} finished)" if summary["skipped"] else "")
+    )
 
 
 def _report_written(summary: dict) -> None:

@@ -1,0 +1,35 @@
+"""Check that the Python environment can run inference, with one clear message if not."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+REQUIRED = ("numpy", "scipy", "skimage", "cv2", "tifffile")
+RUNTIMES = ("openvino", "onnxruntime", "tensorflow")
+
+
+def missing_modules() -> tuple[list[str], bool]:
+    """Required modules that fail to import, and whether any inference runtime imports."""
+    missing = [name for name in REQUIRED if not _imports(name)]
+    has_runtime = any(_imports(name) for name in RUNTIMES)
+    return missing, has_runtime
+
+
+def check_environment() -> None:
+    """Exit with status 1 and a message naming what is missing (for the CTC scripts)."""
+    missing, has_runtime = missing_modules()
+    problems = [f"module {name} cannot be imported" for name in missing]
+    if not has_runtime:
+        problems.append(f"no inference runtime: install one of {', '.join(RUNTIMES)}")
+    if problems:
+        print("environment check failed:\n  " + "\n  ".join(problems), file=sys.stderr)
+        raise SystemExit(1)
+
+
+def _imports(name: str) -> bool:
+    try:
+        importlib.import_module(name)
+    except Exception:  # a broken install raises more than ImportError
+        return False
+    return True
