@@ -63,8 +63,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_sample)
 
     # -- evaluate command --
+    p = commands.add_parser(
+        "evaluate", help="CTC SEG and DET of a result folder (official semantics)"
+    )
+    p.add_argument("dataset_dir", type=Path, help="dataset folder, e.g. resources/ctc/Fluo-X")
+    p.add_argument("sequence", help="sequence name, e.g. 01")
+    p.add_argument("--results", type=Path, help="mask folder (default DATASET_DIR/SEQ_RES)")
+    p.add_argument(
+        "--reference", default="GT", choices=["GT", "ST"], help="SEG annotations (default GT)"
+    )
+    p.add_argument("--digits", type=int, help="digits of the mask names (default: the frames')")
+    p.add_argument(
+        "--no-fp-penalty",
+        action="store_true",
+        help="DET without false positives (CSB rule for Fluo-N3DL-DRO/TRIC/TRIF)",
+    )
+    p.add_argument(
+        "--out", type=Path, help="where scores.json, objects.csv go (default DATASET_DIR/SEQ_EVAL)"
+    )
+    p.set_defaults(handler=_evaluate)
     # -- pseudocolor command --
+    p = commands.add_parser(
+        "pseudocolor", help="context-aware pseudocolor of a 2D/3D frame (R=z-1, G=z, B=z+1)"
+    )
+    p.add_argument("image", type=Path, help="a raw uint8/uint16 frame, e.g. Fluo-X/01/t000.tif")
+    p.add_argument("out", type=Path, help="TIFF to write: (Z, H, W, 3), or (H, W, 3) for 2D")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float16", "uint8"],
+        help="float32/float16 keep [0, 1]; uint8 scales to 0..255 for viewing (default float32)",
+    )
+    p.set_defaults(handler=_pseudocolor)
     # -- download command --
+    p = commands.add_parser("download", help="download and unpack a CTC dataset (resumable)")
+    p.add_argument("name", help="CTC dataset name, e.g. Fluo-C3DL-MDA231")
+    p.add_argument("dest_root", type=Path, help="folder that receives NAME/, e.g. resources/ctc")
+    p.add_argument("--test", action="store_true", help="the test set (no annotations)")
+    p.add_argument(
+        "--base-url",
+        help="server to download from (default https://data.celltrackingchallenge.net)",
+    )
+    p.add_argument("--keep-zip", action="store_true", help="keep NAME.zip after extraction")
+    p.set_defaults(handler=_download)
     # -- model commands --
     p = commands.add_parser("params", help="parameter counts of a model configuration")
     p.add_argument(
@@ -117,6 +158,51 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 # -- command handlers --
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .metrics import evaluate_sequence, write_evaluation
+
+    evaluation = evaluate_sequence(
+        args.dataset_dir,
+        args.sequence,
+        args.results,
+        reference=args.reference,
+        det_penalise_fp=not args.no_fp_penalty,
+        digits=args.digits,
+        progress=sys.stderr.isatty(),
+    )
+    out_dir = args.out or args.dataset_dir / f"{args.sequence}_EVAL"
+    scores, objects = write_evaluation(evaluation, out_dir)
+    print(f"SEG measure: {evaluation.seg:.6f}")
+    if evaluation.det is not None:
+        print(f"DET measure: {evaluation.det:.6f}")
+    print(f"wrote {scores} and {objects}")
+
+
+def _download(args: argparse.Namespace) -> None:
+    from .download import download_dataset
+
+    server = {"base_url": args.base_url} if args.base_url else {}
+    kind = "test" if args.test else "training"
+    path = download_dataset(args.name, args.dest_root, kind=kind, keep_zip=args.keep_zip, **server)
+    print(f"{args.name} {kind} set: {path}")
+
+
+def _pseudocolor(args: argparse.Namespace) -> None:
+    from .ctc import read_image, write_tiff
+    from .pseudocolor import cast_pseudocolor, pseudocolor_frame
+
+    frame = read_image(args.image)
+    try:
+        colour = pseudocolor_frame(frame)
+    except ValueError as exc:
+        raise ValueError(f"{args.image}: {exc}") from exc
+    write_tiff(args.out, cast_pseudocolor(colour, args.dtype), photometric="rgb")
+    print(
+        f"wrote {args.out}: pseudocolor {colour.shape} {args.dtype} "
+        "(R = previous-slice context, G = slice, B = next-slice context)"
+    )
 
 
 def _params(args: argparse.Namespace) -> None:
