@@ -1,0 +1,503 @@
+"""The Cell Tracking Challenge SEG and DET measures, with the official semantics, in NumPy.
+
+Scores reported for a CTC submission must mean what the organisers' SEG and DET executables
+compute, so this module follows their rules exactly (see REFERENCE.md section 4):
+
+* SEG: a result object S matches a reference object R iff ``|R n S| > 0.5 |R|`` (strictly);
+  ``J = |R n S| / |R u S|`` if matched, else 0. SEG is the sum of J over every reference object
+  of every annotation file divided by the number of those objects (not a mean of per-frame
+  means). Result objects that match nothing are ignored. A per-slice annotation
+  ``man_seg_TTT_ZZZ.tif`` is compared with slice ZZZ of mask TTT on its own: label numbers of
+  different slice files are unrelated objects, even when they repeat.
+* DET (AOGM-D) over the TRA markers of every frame: a marker is detected by the one result object
+  holding more than half of its voxels. Each undetected marker is a false negative (weight 10),
+  each result object that detects no marker a false positive (weight 1; not counted for
+  Fluo-N3DL-DRO/TRIC/TRIF in the CSB), each result object detecting k > 1 markers costs k - 1
+  splits (weight 5). ``DET = 1 - min(AOGM-D, AOGM-D0) / AOGM-D0`` with ``AOGM-D0 = 10 x markers``.
+
+Overlaps of all label pairs of a frame come from one sparse contingency table: the two labels of
+every foreground voxel packed into one code, counted by a single ``np.unique``. A frame costs a
+few passes over its voxels whatever its number of objects, and frames are read one at a time.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from . import ctc
+
+log = logging.getLogger(__name__)
+
+FN_WEIGHT = 10
+FP_WEIGHT = 1
+SPLIT_WEIGHT = 5
+# CSB rule: false positives are not penalised for these datasets (their GT marks few cells).
+NO_FP_PENALTY_DATASETS = ("Fluo-N3DL-DRO", "Fluo-N3DL-TRIC", "Fluo-N3DL-TRIF")
+SCORES_FILE = "scores.json"
+OBJECTS_FILE = "objects.csv"
+
+
+class ResultsError(ctc.CTCFormatError):
+    """A result folder is not a valid CTC result; the message lists every problem, one a line."""
+
+    def __init__(self, result_dir: str | os.PathLike, problems: list[str]) -> None:
+        self.result_dir = Path(result_dir)
+        self.problems = tuple(problems)
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        super().__init__(
+            f"{self.result_dir}: not a valid CTC result folder ({count}):\n"
+            + "\n".join(f"  {p}" for p in problems)
+        )
+
+
+@dataclass(frozen=True)
+class ObjectMatch:
+    """One reference object of one annotation file and the result object matching it."""
+
+    frame: int
+    slice: int | None  # None: a full 2D/3D annotation; else the slice of a per-slice one
+    reference_label: int
+    matched_label: int  # 0: no result object covers more than half of the reference object
+    jaccard: float
+
+
+@dataclass(frozen=True)
+class DetCounts:
+    """Detection errors (AOGM-D terms) of one frame or summed over a sequence."""
+
+    markers: int
+    false_negatives: int
+    false_positives: int
+    splits: int
+    penalise_fp: bool = True  # False: the CSB rule for Fluo-N3DL-DRO/TRIC/TRIF
+
+    def __add__(self, other: DetCounts) -> DetCounts:
+        if not isinstance(other, DetCounts):
+            return NotImplemented
+        return DetCounts(
+            self.markers + other.markers,
+            self.false_negatives + other.false_negatives,
+            self.false_positives + other.false_positives,
+            self.splits + other.splits,
+            self.penalise_fp and other.penalise_fp,
+        )
+
+    @property
+    def aogm(self) -> float:
+        """AOGM-D: weighted cost of the detection errors."""
+        fp = self.false_positives * FP_WEIGHT if self.penalise_fp else 0
+        return float(self.false_negatives * FN_WEIGHT + fp + self.splits * SPLIT_WEIGHT)
+
+    @property
+    def aogm0(self) -> float:
+        """AOGM-D0: cost of building the reference from nothing (every marker missed)."""
+        return float(self.markers * FN_WEIGHT)
+
+    @property
+    def det(self) -> float:
+        """DET = 1 - min(AOGM-D, AOGM-D0) / AOGM-D0; undefined without markers."""
+        if self.markers == 0:
+            raise ValueError("DET is undefined without any TRA marker")
+        return 1.0 - min(self.aogm, self.aogm0) / self.aogm0
+
+    def to_dict(self) -> dict:
+        return {
+            "markers": self.markers,
+            "false_negatives": self.false_negatives,
+            "false_positives": self.false_positives,
+            "splits": self.splits,
+            "penalise_fp": self.penalise_fp,
+            "aogm": self.aogm,
+            "aogm0": self.aogm0,
+        }
+
+
+@dataclass(frozen=True)
+class SequenceEvaluation:
+    """SEG (and DET when the sequence has TRA markers) of one result folder."""
+
+    dataset: str
+    sequence: str
+    reference: str  # "GT" (gold truth) or "ST" (silver truth): the SEG annotations used
+    seg: float
+    n_reference_objects: int
+    jaccard_sum: float
+    det: float | None  # None: the sequence has no TRA markers
+    det_counts: DetCounts | None
+    det_penalise_fp: bool
+    objects: tuple[ObjectMatch, ...]
+
+    def to_dict(self) -> dict:
+        """Scores as JSON-able values, without the per-object rows."""
+        return {
+            "dataset": self.dataset,
+            "sequence": self.sequence,
+            "reference": self.reference,
+            "seg": self.seg,
+            "n_reference_objects": self.n_reference_objects,
+            "n_matched_objects": sum(1 for o in self.objects if o.matched_label),
+            "jaccard_sum": self.jaccard_sum,
+            "det": self.det,
+            "det_counts": self.det_counts.to_dict() if self.det_counts else None,
+            "det_penalise_fp": self.det_penalise_fp,
+        }
+
+
+@dataclass(frozen=True)
+class _Overlaps:
+    """Labels of two images, their sizes, and the overlap of every pair of labels that touch."""
+
+    ref_labels: np.ndarray  # sorted positive labels present in the reference
+    ref_sizes: np.ndarray
+    res_labels: np.ndarray
+    res_sizes: np.ndarray
+    pair_ref: np.ndarray  # index into ref_labels
+    pair_res: np.ndarray  # index into res_labels
+    pair_count: np.ndarray  # voxels shared by the pair (> 0)
+
+    def matched(self) -> np.ndarray:
+        """Pairs whose result object covers more than half of the reference object (strictly).
+
+        At most one pair per reference object can pass: two would need more than all of it.
+        """
+        return 2 * self.pair_count > self.ref_sizes[self.pair_ref]
+
+
+def seg_frame(
+    reference: np.ndarray,
+    result: np.ndarray,
+    *,
+    frame: int = 0,
+    slice: int | None = None,
+) -> list[ObjectMatch]:
+    """Match every object of one reference image with the result (CTC SEG rule).
+
+    Parameters
+    ----------
+    reference, result
+        Label images of equal shape (0 = background). For a per-slice annotation pass the 2D
+        annotation and the matching slice of the 3D result.
+    frame, slice
+        Only copied into the returned rows.
+
+    Returns
+    -------
+    One :class:`ObjectMatch` per reference object, by increasing reference label.
+    """
+    overlaps = _overlaps(reference, result)
+    n_ref = len(overlaps.ref_labels)
+    matched_label = np.zeros(n_ref, dtype=np.int64)
+    jaccard = np.zeros(n_ref, dtype=np.float64)
+    hit = overlaps.matched()
+    i, j, shared = overlaps.pair_ref[hit], overlaps.pair_res[hit], overlaps.pair_count[hit]
+    union = overlaps.ref_sizes[i] + overlaps.res_sizes[j] - shared
+    matched_label[i] = overlaps.res_labels[j]
+    jaccard[i] = shared / union
+    return [
+        ObjectMatch(frame, slice, int(label), int(match), float(value))
+        for label, match, value in zip(
+            overlaps.ref_labels.tolist(), matched_label.tolist(), jaccard.tolist(), strict=True
+        )
+    ]
+
+
+def seg_measure(reference: np.ndarray, result: np.ndarray) -> float:
+    """SEG of a single reference image: mean Jaccard over its objects (NaN if it has none)."""
+    rows = seg_frame(reference, result)
+    return math.fsum(r.jaccard for r in rows) / len(rows) if rows else float("nan")
+
+
+def det_frame(markers: np.ndarray, result: np.ndarray) -> DetCounts:
+    """Detection errors of one frame: TRA markers against the result (CTC DET rule)."""
+    overlaps = _overlaps(markers, result)
+    hit = overlaps.matched()
+    detections = np.bincount(overlaps.pair_res[hit], minlength=len(overlaps.res_labels))
+    n_markers = len(overlaps.ref_labels)
+    return DetCounts(
+        markers=n_markers,
+        false_negatives=n_markers - int(hit.sum()),
+        false_positives=int(np.count_nonzero(detections == 0)),
+        splits=int(np.maximum(detections - 1, 0).sum()),
+    )
+
+
+def validate_results(
+    seq: ctc.Sequence, result_dir: str | os.PathLike, *, digits: int | None = None
+) -> None:
+    """Check a result folder as the CTC does, reading only TIFF headers.
+
+    Every frame of ``seq`` needs ``mask<frame>.tif`` named with ``digits`` digits (default: as the
+    input frames), stored as uint16, of the frame's shape.
+
+    Raises
+    ------
+    ResultsError
+        Listing every problem found, one per line.
+    """
+    result_dir = Path(result_dir)
+    digits = seq.digits if digits is None else digits
+    if not result_dir.is_dir():
+        raise ResultsError(result_dir, [f"{result_dir}: result folder does not exist"])
+    found: dict[int, list[str]] = defaultdict(list)
+    for path in result_dir.iterdir():
+        if m := ctc.MASK_PATTERN.match(path.name):
+            found[int(m.group(1))].append(path.name)
+    problems = []
+    for frame in seq.frame_ids:
+        name = ctc.mask_name(frame, digits)
+        path = result_dir / name
+        if not path.is_file():
+            others = sorted(n for n in found.get(frame, []) if n != name)
+            if others:
+                problems.append(
+                    f"{name}: missing; found {', '.join(others)} instead (masks must be named "
+                    f"with {digits}-digit frame numbers like the input frames, ending in .tif)"
+                )
+            else:
+                problems.append(f"{name}: missing (every frame needs a mask)")
+            continue
+        problems.extend(_mask_header_problems(path, seq.frame_shape))
+    if problems:
+        raise ResultsError(result_dir, problems)
+
+
+def evaluate_sequence(
+    dataset_dir: str | os.PathLike,
+    sequence: str,
+    result_dir: str | os.PathLike | None = None,
+    *,
+    reference: str = "GT",
+    det_penalise_fp: bool = True,
+    digits: int | None = None,
+    progress: bool = False,
+) -> SequenceEvaluation:
+    """SEG and DET of the result masks of one sequence, as the CTC evaluation computes them.
+
+    Parameters
+    ----------
+    dataset_dir, sequence
+        The dataset folder and the sequence name (``"01"``).
+    result_dir
+        Folder of ``mask*.tif`` (default ``<dataset_dir>/<sequence>_RES``); checked first with
+        :func:`validate_results`.
+    reference
+        SEG annotations to score against: ``"GT"`` (``0X_GT/SEG``) or ``"ST"`` (``0X_ST/SEG``).
+        DET always uses the markers of ``0X_GT/TRA``.
+    det_penalise_fp
+        False for the CSB rule of Fluo-N3DL-DRO/TRIC/TRIF (false positives cost nothing).
+    digits
+        Digit count of the mask names (default: that of the input frames).
+    progress
+        Show a progress bar over the frames.
+    """
+    seq = ctc.open_sequence(dataset_dir, sequence)
+    result_dir = ctc.result_dir(seq) if result_dir is None else Path(result_dir)
+    annotations = seq.annotations(reference)
+    if not annotations:
+        raise ctc.CTCFormatError(
+            f"{seq.dataset_dir / f'{seq.name}_{reference}' / 'SEG'}: no SEG annotations "
+            f"(man_seg*.tif) to evaluate against; choose another reference (GT or ST)"
+        )
+    validate_results(seq, result_dir, digits=digits)
+    digits = seq.digits if digits is None else digits
+    by_frame: dict[int, list[ctc.SegAnnotation]] = defaultdict(list)
+    for ann in annotations:
+        by_frame[ann.frame].append(ann)
+    frames = sorted(set(by_frame) | set(seq.tra_markers))
+
+    objects: list[ObjectMatch] = []
+    det_total = DetCounts(0, 0, 0, 0) if seq.tra_markers else None
+    for frame in _progress(frames, progress, f"evaluate {seq.name}"):
+        result = ctc.read_labels(result_dir / ctc.mask_name(frame, digits), seq.frame_shape)
+        for ann in by_frame.get(frame, []):
+            ref = ctc.read_annotation(ann, seq.frame_shape)
+            res = result if ann.slice is None else result[ann.slice]
+            objects.extend(seg_frame(ref, res, frame=frame, slice=ann.slice))
+        if frame in seq.tra_markers:
+            markers = ctc.read_labels(seq.tra_markers[frame], seq.frame_shape)
+            det_total = det_total + det_frame(markers, result)
+        del result
+
+    if not objects:
+        raise ctc.CTCFormatError(
+            f"{annotations[0].path.parent}: the annotations hold no objects; SEG is undefined"
+        )
+    jaccard_sum = math.fsum(o.jaccard for o in objects)
+    seg = jaccard_sum / len(objects)
+    det = None
+    if det_total is not None:
+        if det_total.markers == 0:
+            raise ctc.CTCFormatError(
+                f"{seq.tra_markers[min(seq.tra_markers)].parent}: the marker files hold no "
+                "markers; DET is undefined"
+            )
+        det_total = replace(det_total, penalise_fp=det_penalise_fp)
+        det = det_total.det
+    evaluation = SequenceEvaluation(
+        dataset=seq.dataset_dir.name,
+        sequence=seq.name,
+        reference=reference,
+        seg=seg,
+        n_reference_objects=len(objects),
+        jaccard_sum=jaccard_sum,
+        det=det,
+        det_counts=det_total,
+        det_penalise_fp=det_penalise_fp,
+        objects=tuple(objects),
+    )
+    log.info(
+        "%s/%s vs %s: SEG %.6f over %d objects%s",
+        evaluation.dataset,
+        seq.name,
+        reference,
+        seg,
+        len(objects),
+        "" if det is None else f", DET {det:.6f} over {det_total.markers} markers",
+    )
+    return evaluation
+
+
+def write_evaluation(
+    evaluation: SequenceEvaluation, out_dir: str | os.PathLike
+) -> tuple[Path, Path]:
+    """Write ``scores.json`` and ``objects.csv`` (one row per reference object) atomically."""
+    out_dir = Path(out_dir)
+    scores = out_dir / SCORES_FILE
+    table = out_dir / OBJECTS_FILE
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["frame", "slice", "reference_label", "matched_label", "jaccard"])
+    for o in evaluation.objects:
+        slice_ = "" if o.slice is None else o.slice
+        writer.writerow([o.frame, slice_, o.reference_label, o.matched_label, repr(o.jaccard)])
+    ctc.atomic_write_bytes(table, text.getvalue().encode())
+    ctc.atomic_write_bytes(scores, (json.dumps(evaluation.to_dict(), indent=2) + "\n").encode())
+    return scores, table
+
+
+def op_csb(seg: float, det: float) -> float:
+    """OP_CSB, the CTC's segmentation benchmark score: (SEG + DET) / 2."""
+    return (seg + det) / 2
+
+
+def peseg(seg: float, parameters: int) -> float:
+    """SEG per million network parameters: SEG / parameters * 1e6."""
+    if parameters <= 0:
+        raise ValueError(f"parameters must be positive, not {parameters}")
+    return seg / parameters * 1e6
+
+
+def penalises_false_positives(dataset: str) -> bool:
+    """Whether the CSB counts DET false positives for a dataset (not for DRO/TRIC/TRIF)."""
+    return not any(dataset.startswith(name) for name in NO_FP_PENALTY_DATASETS)
+
+
+def _overlaps(reference: np.ndarray, result: np.ndarray) -> _Overlaps:
+    if np.shape(reference) != np.shape(result):
+        raise ValueError(
+            f"reference shape {np.shape(reference)} differs from result shape {np.shape(result)}"
+        )
+    ref = _flat_labels(reference, "reference")
+    res = _flat_labels(result, "result")
+    pair_ref, pair_res, counts = _contingency(ref, res)
+    ref_labels, ref_sizes = _marginal(pair_ref, counts)
+    res_labels, res_sizes = _marginal(pair_res, counts)
+    both = (pair_ref != 0) & (pair_res != 0)
+    return _Overlaps(
+        ref_labels,
+        ref_sizes,
+        res_labels,
+        res_sizes,
+        np.searchsorted(ref_labels, pair_ref[both]),
+        np.searchsorted(res_labels, pair_res[both]),
+        counts[both],
+    )
+
+
+def _contingency(ref: np.ndarray, res: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sparse contingency table of two flat label images: (reference label, result label, voxels)
+    for every pair that occurs, background included, except (0, 0).
+
+    Labels up to 65535 are packed into one uint32 code per voxel (reference in the high half),
+    so one ``np.unique`` (a vectorised sort) of the foreground voxels counts every pair at once.
+    """
+    empty = np.zeros(0, dtype=np.int64)
+    if ref.size == 0:
+        return empty, empty, empty
+    if int(ref.max()) <= ctc.MAX_LABEL and int(res.max()) <= ctc.MAX_LABEL:
+        ref = ref.astype(np.uint16, copy=False)
+        res = res.astype(np.uint16, copy=False)
+        foreground = (ref | res) != 0
+        codes = (ref[foreground].astype(np.uint32) << 16) | res[foreground]
+        del foreground
+        pairs, counts = np.unique(codes, return_counts=True)
+        return (pairs >> 16).astype(np.int64), (pairs & 0xFFFF).astype(np.int64), counts
+    # Wider labels: number the labels that occur first, then pack those numbers.
+    foreground = (ref != 0) | (res != 0)
+    ref_values, ref_index = np.unique(ref[foreground], return_inverse=True)
+    res_values, res_index = np.unique(res[foreground], return_inverse=True)
+    del foreground
+    codes = ref_index.astype(np.int64) * len(res_values) + res_index
+    pairs, counts = np.unique(codes, return_counts=True)
+    return (
+        ref_values[pairs // len(res_values)].astype(np.int64),
+        res_values[pairs % len(res_values)].astype(np.int64),
+        counts,
+    )
+
+
+def _marginal(labels: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted positive labels of one side of the table and their sizes (voxel counts)."""
+    values, index = np.unique(labels, return_inverse=True)
+    sizes = np.zeros(len(values), dtype=np.int64)
+    np.add.at(sizes, index, counts)
+    keep = values != 0
+    return values[keep], sizes[keep]
+
+
+def _flat_labels(labels: np.ndarray, what: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.dtype == bool:
+        labels = labels.view(np.uint8)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{what} labels must be integers, not {labels.dtype}")
+    flat = labels.reshape(-1)
+    if flat.size and np.issubdtype(flat.dtype, np.signedinteger) and flat.min() < 0:
+        raise ValueError(f"{what} labels must not be negative")
+    return flat
+
+
+def _mask_header_problems(path: Path, frame_shape: tuple[int, ...]) -> list[str]:
+    try:
+        shape = ctc.tiff_shape(path)
+        with tifffile.TiffFile(path) as tif:
+            dtype = np.dtype(tif.series[0].dtype)
+    except ctc.CTCFormatError as exc:
+        return [f"{path.name}: {str(exc).removeprefix(f'{path}: ')}"]
+    except Exception as exc:  # a header tifffile cannot parse
+        return [f"{path.name}: not a readable TIFF file ({exc})"]
+    problems = []
+    if dtype != np.uint16:
+        problems.append(f"{path.name}: stored as {dtype}, the CTC requires uint16")
+    if shape != tuple(frame_shape):
+        problems.append(f"{path.name}: shape {shape} differs from the frame shape {frame_shape}")
+    return problems
+
+
+def _progress(items: list, enabled: bool, desc: str):
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="frame")
