@@ -21,11 +21,12 @@ test: install
 	$(BIN)/python -m pytest
 
 demo: install
-	$(BIN)/snakemake --profile profiles/default --cores $(CORES) --config demo=true -- results/synthetic/SEG.txt
+	$(BIN)/snakemake --profile profiles/default --cores $(CORES) results/synthetic/SEG.txt
 	@cat results/synthetic/SEG.txt
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/snakefmt --check Snakefile workflow
 	$(BIN)/snakemake --lint
 

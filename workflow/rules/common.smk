@@ -6,8 +6,9 @@ from pathlib import Path
 # The library lives in workflow/scripts; make it importable here even when not pip-installed.
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
-from efficientcellseg.config import dataset_settings  # noqa: E402
+from efficientcellseg.config import dataset_settings, validate_config  # noqa: E402
 
+validate_config(config)
 DATASETS = {name: dataset_settings(config, name) for name in config["datasets"]}
 
 
@@ -40,7 +41,11 @@ def training_slices(wildcards):
 def model_folder_files(ds, fold):
     """Files of a complete model folder: the networks the dataset needs and pipeline.json."""
     folder = f"results/{ds}/models/{fold}"
-    networks = [f"{folder}/{task}.{ext}" for task in DATASETS[ds].tasks for ext in ("keras", "onnx")]
+    networks = [
+        f"{folder}/{task}.{ext}"
+        for task in DATASETS[ds].tasks
+        for ext in ("keras", "onnx")
+    ]
     return networks + [f"{folder}/pipeline.json"]
 
 
@@ -56,10 +61,33 @@ def heldout_predictions(wildcards):
     ]
 
 
-def heldout_model_metadata(wildcards):
+def heldout_scores_by_sequence(wildcards):
+    """sequence -> its scores.json."""
+    return {
+        seq: f"results/{wildcards.ds}/evaluation/{seq}/scores.json"
+        for seq in DATASETS[wildcards.ds].sequences
+    }
+
+
+def heldout_scores(wildcards):
+    return list(heldout_scores_by_sequence(wildcards).values())
+
+
+def heldout_model_metadata_by_sequence(wildcards):
+    """sequence -> metadata of every network of the models that segmented it."""
     ds = DATASETS[wildcards.ds]
-    return [
-        f"results/{wildcards.ds}/models/without-{seq}/{task}.json"
+    return {
+        seq: [
+            f"results/{wildcards.ds}/models/without-{seq}/{task}.json"
+            for task in ds.tasks
+        ]
         for seq in ds.sequences
-        for task in ds.tasks
+    }
+
+
+def heldout_model_metadata(wildcards):
+    return [
+        path
+        for paths in heldout_model_metadata_by_sequence(wildcards).values()
+        for path in paths
     ]

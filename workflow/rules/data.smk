@@ -6,18 +6,18 @@ rule download_dataset:
         directory("resources/ctc/{ctc}"),
     log:
         "logs/download/{ctc}.log",
+    wildcard_constraints:
+        ctc=ctc_names("ctc"),
+    conda:
+        "../../envs/download.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=240,
     params:
         kind="training",
         expected_bytes=lambda wildcards: next(
             d.download_bytes for d in DATASETS.values() if d.ctc_name == wildcards.ctc
         ),
-    wildcard_constraints:
-        ctc=ctc_names("ctc"),
-    resources:
-        mem_mb=2000,
-        runtime=240,
-    conda:
-        "../../envs/download.yaml"
     script:
         "../scripts/download_dataset.py"
 
@@ -37,17 +37,17 @@ rule synthetic_dataset:
         directory("resources/ctc/{ctc}"),
     log:
         "logs/synthetic/{ctc}.log",
+    wildcard_constraints:
+        ctc=ctc_names("synthetic"),
+    conda:
+        "../../envs/imaging.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         spec=lambda wildcards: next(
             d.synthetic for d in DATASETS.values() if d.ctc_name == wildcards.ctc
         ),
-    wildcard_constraints:
-        ctc=ctc_names("synthetic"),
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    conda:
-        "../../envs/imaging.yaml"
     script:
         "../scripts/synthetic_dataset.py"
 
@@ -57,15 +57,15 @@ rule sample_cho:
         directory("resources/ctc/{ctc}"),
     log:
         "logs/sample/{ctc}.log",
-    params:
-        cache=".cache",
     wildcard_constraints:
         ctc=ctc_names("sample-cho"),
+    conda:
+        "../../envs/imaging.yaml"
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        "../../envs/imaging.yaml"
+    params:
+        cache=".cache",
     script:
         "../scripts/sample_dataset.py"
 
@@ -79,10 +79,10 @@ rule pseudocolor:
         "logs/{ds}/pseudocolor/{seq}.log",
     benchmark:
         "results/{ds}/benchmarks/pseudocolor_{seq}.tsv"
+    conda:
+        "../../envs/imaging.yaml"
     resources:
         mem_mb=8000,
         runtime=120,
-    conda:
-        "../../envs/imaging.yaml"
     script:
         "../scripts/pseudocolor.py"

@@ -21,18 +21,18 @@ rule train:
         "logs/{ds}/train/{fold}_{task}.log",
     benchmark:
         "results/{ds}/benchmarks/train_{fold}_{task}.tsv"
-    params:
-        model_config=lambda wildcards: DATASETS[wildcards.ds].model.to_dict(),
-        settings=lambda wildcards: DATASETS[wildcards.ds].training,
-        training_set=lambda wildcards: DATASETS[wildcards.ds].training_set,
-        checkpoint_dir=lambda wildcards: f"results/{wildcards.ds}/models/{wildcards.fold}/.{wildcards.task}_checkpoint",
+    conda:
+        "../../envs/tensorflow.yaml"
     threads: 8
     resources:
         gpu=1,
         mem_mb=16000,
         runtime=1440,
-    conda:
-        "../../envs/tensorflow.yaml"
+    params:
+        model_config=lambda wildcards: DATASETS[wildcards.ds].model.to_dict(),
+        settings=lambda wildcards: DATASETS[wildcards.ds].training,
+        training_set=lambda wildcards: DATASETS[wildcards.ds].training_set,
+        checkpoint_dir=lambda wildcards: f"results/{wildcards.ds}/models/{wildcards.fold}/.{wildcards.task}_checkpoint",
     script:
         "../scripts/train.py"
 
@@ -42,10 +42,10 @@ rule pipeline_settings:
         "results/{ds}/models/{fold}/pipeline.json",
     log:
         "logs/{ds}/pipeline_settings/{fold}.log",
-    params:
-        settings=lambda wildcards: DATASETS[wildcards.ds].pipeline.to_dict(),
     localrule: True
     conda:
         "../../envs/imaging.yaml"
+    params:
+        settings=lambda wildcards: DATASETS[wildcards.ds].pipeline.to_dict(),
     script:
         "../scripts/pipeline_settings.py"

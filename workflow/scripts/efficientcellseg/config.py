@@ -76,7 +76,10 @@ def validate_config(config: dict[str, Any]) -> None:
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         lines = [f"  {'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in errors]
-        raise ValueError("config/config.yaml is not valid:\n" + "\n".join(lines))
+        raise ValueError(
+            "the workflow config (config/config.yaml and any --configfile) is not valid:\n"
+            + "\n".join(lines)
+        )
 
 
 def dataset_settings(config: dict[str, Any], name: str) -> DatasetSettings:

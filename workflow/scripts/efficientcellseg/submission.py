@@ -31,51 +31,7 @@ log = logging.getLogger(__name__)
 PACKAGE_DIR = Path(__file__).resolve().parent
 PYPROJECT = PACKAGE_DIR.parents[2] / "pyproject.toml"
 
-SCRIPT_TEMPLATE = """#!/usr/bin/env bash
-# EfficientCellSeg (Wagner & Rohr, MIDL 2022) - Cell Tracking Challenge executable
-# Dataset {dataset}, sequence {sequence}; training configuration {training_set}; {parameters:,} parameters.
-#
-# Prerequisites: Linux (x86_64), bash, Python 3.11 with the packages of requirements.txt, e.g.
-#   python3.11 -m venv venv && venv/bin/pip install -r requirements.txt
-# (this script uses ./venv/bin/python when it exists, else $EFFICIENTCELLSEG_PYTHON, else python3).
-# An NVIDIA GPU is used when TensorFlow sees one; otherwise it runs on the CPU. No internet needed.
-#
-# Run from inside this folder with no arguments. Reads ../{dataset}/{sequence}, writes
-# ../{dataset}/{sequence}_RES/mask###.tif (uint16, one per frame), replacing that folder.
-set -euo pipefail
-cd "$(dirname "${{BASH_SOURCE[0]}}")"
-
-input="../{dataset}/{sequence}"
-output="../{dataset}/{sequence}_RES"
-models="models/{dataset}"
-
-fail() {{ echo "{script_name}: $*" >&2; exit 1; }}
-
-[ -d "$input" ] || fail "input sequence folder $input not found (run me from inside the submission folder next to ../{dataset})"
-[ -d "$models" ] || fail "model folder $models missing: this submission folder is incomplete"
-
-if [ -x venv/bin/python ]; then
-  python=venv/bin/python
-elif [ -n "${{EFFICIENTCELLSEG_PYTHON:-}}" ]; then
-  python="$EFFICIENTCELLSEG_PYTHON"
-else
-  python=$(command -v python3 || true)
-fi
-[ -n "$python" ] || fail "no python3 found; install Python 3.11 and the packages of requirements.txt"
-
-export PYTHONPATH="$PWD/code${{PYTHONPATH:+:$PYTHONPATH}}"
-export TF_CPP_MIN_LOG_LEVEL="${{TF_CPP_MIN_LOG_LEVEL:-2}}"
-"$python" -c "import efficientcellseg.environment as e; e.check_environment()" \\
-  || fail "the Python environment is not usable ($python); install requirements.txt (see the header of this script)"
-
-partial="$output.partial"
-rm -rf "$partial"
-"$python" -m efficientcellseg.cli predict --models "$models" --overwrite "$input" "$partial" \\
-  || {{ rm -rf "$partial"; fail "segmentation failed"; }}
-rm -rf "$output"
-mv "$partial" "$output"
-echo "{script_name}: wrote $output"
-"""
+SCRIPT_TEMPLATE = PACKAGE_DIR / "templates" / "ctc_executable.sh"
 
 
 @dataclass(frozen=True)
@@ -150,15 +106,17 @@ def _copy_models(source: Path, target: Path) -> dict[str, int]:
 def _write_script(out_dir: Path, dataset: SubmissionDataset, sequence: str, parameters: int):
     name = script_name(dataset.ctc_name, sequence)
     path = out_dir / name
-    path.write_text(
-        SCRIPT_TEMPLATE.format(
-            dataset=dataset.ctc_name,
-            sequence=sequence,
-            training_set=dataset.training_set,
-            parameters=parameters,
-            script_name=name,
-        )
-    )
+    fields = {
+        "@DATASET@": dataset.ctc_name,
+        "@SEQUENCE@": sequence,
+        "@TRAINING_SET@": dataset.training_set,
+        "@PARAMETERS@": f"{parameters:,}",
+        "@SCRIPT@": name,
+    }
+    text = SCRIPT_TEMPLATE.read_text()
+    for placeholder, value in fields.items():
+        text = text.replace(placeholder, value)
+    path.write_text(text)
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return path
 
@@ -182,8 +140,9 @@ def _summary_text(summaries: list[tuple[SubmissionDataset, dict[str, int]]]) -> 
         )
     lines += [
         "",
-        "The models were trained on all annotated sequences of each dataset (training configuration",
-        "as listed) by `snakemake ctc_submission`; their settings are in models/<dataset>/*.json.",
+        "The models were trained on all annotated sequences of each dataset (training",
+        "configuration as listed) by `snakemake ctc_submission`; their settings are in",
+        "models/<dataset>/*.json.",
         "",
         "Run: `cd ctc_submission && ./<DATASET>-<SEQ>.sh` (see the header of each script).",
         "",

@@ -1,0 +1,87 @@
+"""Running the real workflow on a tiny synthetic dataset, as a user would, in a scratch folder.
+
+Shared by the end-to-end test, the CTC submission test and the SLURM test: the workflow's
+Snakefile, rules and scripts come from the repository; the working directory (resources/,
+results/, logs/) and the config are the test's own.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+DATASET = "tiny"
+CTC_NAME = "Synthetic-Tiny"
+
+# Small enough for a CI run (a few minutes on 2 cores), large enough to learn something.
+TINY_CONFIG = {
+    "defaults": {"model": "tiny", "training_set": "GT"},
+    "submission": [DATASET],
+    "datasets": {
+        DATASET: {
+            "ctc_name": CTC_NAME,
+            "source": "synthetic",
+            "model": "tiny",
+            "training_set": "GT",
+            "synthetic": {"seed": 3, "n_frames": 3, "depth": 12, "height": 96, "width": 96,
+                          "n_objects": 6},
+            "training": {"epochs": 4, "steps_per_epoch": 8, "early_stop_patience": 4},
+            "postprocess": {"kind": "centres", "min_area": 15, "min_volume": 40},
+        }
+    },
+}
+
+
+@dataclass(frozen=True)
+class WorkflowRun:
+    workdir: Path
+    returncode: int
+    output: str
+
+    def check(self) -> WorkflowRun:
+        assert self.returncode == 0, f"snakemake failed:\n{self.output[-6000:]}"
+        return self
+
+
+def write_config(workdir: Path, config: dict | None = None) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config or TINY_CONFIG, sort_keys=False))
+    return path
+
+
+def snakemake_command(workdir: Path, *args: str) -> list[str]:
+    return [
+        str(SNAKEMAKE),
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        *args,
+    ]
+
+
+def run_snakemake(
+    workdir: Path, *args: str, env: dict | None = None, timeout: int = 1800
+) -> WorkflowRun:
+    """Run snakemake in ``workdir`` with the tiny config; output is stdout and stderr together."""
+    environment = {**os.environ, **(env or {})}
+    result = subprocess.run(
+        snakemake_command(workdir, *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+        env=environment,
+        check=False,
+    )
+    return WorkflowRun(workdir, result.returncode, result.stdout)

@@ -1,0 +1,198 @@
+"""A dataset's held-out scores: per-sequence SEG/DET combined with the models' parameter counts.
+
+The workflow scores every sequence with models that never saw it (:mod:`.metrics` per sequence)
+and summarises them here into ``SEG.txt`` (what a person reads first) and a score table (the
+report). The dataset score is the mean over its sequences, as the CTC ranks a dataset by the
+mean of its sequences' measures; OP_CSB and PESEG follow from it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import ctc
+from .metrics import op_csb, peseg
+
+REFERENCE_NAMES = {
+    "GT": "gold truth (0X_GT/SEG)",
+    "ST": "silver truth (0X_ST/SEG): computer-made masks, so SEG is a pseudo-SEG",
+}
+
+
+@dataclass(frozen=True)
+class SequenceScore:
+    """Scores of one sequence and the models that produced its masks."""
+
+    sequence: str
+    models: str  # model folder name, e.g. "without-01"
+    trained_on: tuple[str, ...]
+    seg: float
+    det: float | None
+    n_reference_objects: int
+    parameters: int
+
+
+@dataclass(frozen=True)
+class DatasetScores:
+    name: str
+    ctc_name: str
+    reference: str
+    sequences: tuple[SequenceScore, ...]
+
+    @property
+    def seg(self) -> float:
+        return _mean([s.seg for s in self.sequences])
+
+    @property
+    def det(self) -> float | None:
+        values = [s.det for s in self.sequences]
+        return None if any(v is None for v in values) else _mean(values)
+
+    @property
+    def op_csb(self) -> float | None:
+        return None if self.det is None else op_csb(self.seg, self.det)
+
+    @property
+    def parameters(self) -> int:
+        return max(s.parameters for s in self.sequences)
+
+    @property
+    def peseg(self) -> float:
+        return peseg(self.seg, self.parameters)
+
+
+def dataset_scores(
+    name: str,
+    ctc_name: str,
+    reference: str,
+    evaluations: dict[str, str | os.PathLike],
+    model_metadata: dict[str, list[str | os.PathLike]],
+) -> DatasetScores:
+    """Combine ``scores.json`` of each sequence with the metadata of the networks that made it.
+
+    Parameters
+    ----------
+    evaluations
+        sequence -> its ``scores.json`` (written by :func:`.metrics.write_evaluation`).
+    model_metadata
+        sequence -> the metadata JSON of every network of the models that segmented it.
+    """
+    sequences = []
+    for sequence, path in sorted(evaluations.items()):
+        scores = json.loads(Path(path).read_text())
+        networks = [json.loads(Path(p).read_text()) for p in model_metadata[sequence]]
+        trained_on = sorted({s for meta in networks for s in meta.get("trained_on", [])})
+        if sequence in trained_on:
+            raise ValueError(
+                f"{name}: the models that segmented sequence {sequence} were trained on it "
+                f"({trained_on}); the score would not be held out"
+            )
+        sequences.append(
+            SequenceScore(
+                sequence=sequence,
+                models=str(networks[0].get("fold", "?")) if networks else "?",
+                trained_on=tuple(trained_on),
+                seg=float(scores["seg"]),
+                det=None if scores.get("det") is None else float(scores["det"]),
+                n_reference_objects=int(scores["n_reference_objects"]),
+                parameters=sum(int(meta["parameters"]["total"]) for meta in networks),
+            )
+        )
+    if not sequences:
+        raise ValueError(f"{name}: no sequence scores to summarise")
+    return DatasetScores(name, ctc_name, reference, tuple(sequences))
+
+
+def seg_text(scores: DatasetScores) -> str:
+    """The content of ``SEG.txt``: the numbers first, then what was scored against what."""
+    det, op = scores.det, scores.op_csb
+    per_seq = ", ".join(f"{s.sequence}: {s.seg:.6f}" for s in scores.sequences)
+    lines = [
+        f"SEG      {scores.seg:.6f}   (mean of sequences; {per_seq})",
+        f"DET      {_fmt(det)}",
+        f"OP_CSB   {_fmt(op)}",
+        f"params   {scores.parameters:,}   (all networks used per sequence)",
+        f"PESEG    {scores.peseg:.6f}   (SEG / params x 1e6)",
+        "",
+        f"dataset  {scores.name} ({scores.ctc_name})",
+        f"against  {REFERENCE_NAMES[scores.reference]}",
+        "held out: each sequence was segmented by models that never saw it:",
+    ]
+    for s in scores.sequences:
+        lines.append(
+            f"  {s.sequence}: models {s.models} (trained on {', '.join(s.trained_on)}), "
+            f"SEG {s.seg:.6f} over {s.n_reference_objects} reference objects, DET {_fmt(s.det)}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def score_table(scores: DatasetScores) -> str:
+    """Tab-separated table, one row per sequence and one for the dataset."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+    writer.writerow(
+        ["sequence", "models", "reference", "SEG", "DET", "OP_CSB", "objects", "parameters"]
+    )
+    for s in scores.sequences:
+        seq_op = None if s.det is None else op_csb(s.seg, s.det)
+        writer.writerow(
+            [
+                s.sequence,
+                s.models,
+                scores.reference,
+                f"{s.seg:.6f}",
+                _cell(s.det),
+                _cell(seq_op),
+                s.n_reference_objects,
+                s.parameters,
+            ]
+        )
+    writer.writerow(
+        [
+            "mean",
+            "held out",
+            scores.reference,
+            f"{scores.seg:.6f}",
+            _cell(scores.det),
+            _cell(scores.op_csb),
+            sum(s.n_reference_objects for s in scores.sequences),
+            scores.parameters,
+        ]
+    )
+    return buffer.getvalue()
+
+
+def write_dataset_scores(
+    scores: DatasetScores, seg_txt: str | os.PathLike, table: str | os.PathLike
+) -> None:
+    ctc.atomic_write_bytes(Path(seg_txt), seg_text(scores).encode())
+    ctc.atomic_write_bytes(Path(table), score_table(scores).encode())
+
+
+def summary_dict(scores: DatasetScores) -> dict[str, Any]:
+    return {
+        "seg": scores.seg,
+        "det": scores.det,
+        "op_csb": scores.op_csb,
+        "parameters": scores.parameters,
+        "peseg": scores.peseg,
+    }
+
+
+def _mean(values: list[float]) -> float:
+    return math.fsum(values) / len(values)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a (no TRA markers)" if value is None else f"{value:.6f}"
+
+
+def _cell(value: float | None) -> str:
+    return "NA" if value is None else f"{value:.6f}"
