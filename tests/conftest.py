@@ -53,3 +53,104 @@ def tiny_model():
 
     config = resolve_config("tiny")
     return build_model(config), config
+
+
+@pytest.fixture(scope="session")
+def tiny_workflow(tmp_path_factory):
+    """The real workflow run once on a tiny synthetic dataset: held-out SEG and CTC submission."""
+    from workflow_runs import run_snakemake, write_config
+
+    workdir = tmp_path_factory.mktemp("workflow")
+    write_config(workdir)
+    return run_snakemake(workdir, "--cores", "2", "results/tiny/SEG.txt", "ctc_submission").check()
+
+
+# --- a tiny model folder with known behaviour (for inference, CLI and workflow tests) --------
+
+# The networks of `tiny_model_folder` threshold the green (current-slice) pseudocolor channel:
+# probability = sigmoid(SHARPNESS * (green - level)), a sound segmentation of the synthetic data.
+THRESHOLD_LEVELS = {"segmentation": 0.35, "centres": 0.65}
+THRESHOLD_SHARPNESS = 40.0
+TINY_POSTPROCESS = {"min_area": 15, "min_volume": 40}
+
+
+def set_green_threshold_weights(model, config, level: float, sharpness: float) -> None:
+    """Make a built network compute sigmoid(sharpness * (green - level)) at every pixel.
+
+    The encoder keeps its (random) weights but is cut off: the last decoder stage reads only the
+    green channel of the input skip (the resized pseudocolor), through identity
+    convolutions and batch norms. The whole network still runs, on every backend.
+    """
+    import numpy as np
+
+    last = len(config.decoder_filters) - 1
+    upsampled_channels = config.decoder_filters[last - 1]
+    skip = model.get_layer(f"dec{last}_concat").input[1]._keras_history.operation
+    skip_scale = config.input_scale if skip.name == "input_scale" else 1.0  # scaled or not
+    eps = {}
+    for conv in range(2):
+        layer = model.get_layer(f"dec{last}_conv{conv}")
+        kernel, bias = (np.zeros_like(w) for w in layer.get_weights())
+        source = upsampled_channels + 1 if conv == 0 else 0  # the green input channel
+        kernel[1, 1, source, 0] = 1.0 / skip_scale if conv == 0 else 1.0
+        layer.set_weights([kernel, bias])
+        norm = model.get_layer(f"dec{last}_bn{conv}")
+        gamma, beta, mean, variance = norm.get_weights()
+        norm.set_weights(
+            [np.ones_like(gamma), np.zeros_like(beta), np.zeros_like(mean), np.ones_like(variance)]
+        )
+        eps[conv] = norm.epsilon
+    head = model.get_layer("head")
+    kernel, bias = (np.zeros_like(w) for w in head.get_weights())
+    kernel[0, 0, 0, 0] = sharpness * np.sqrt((1 + eps[0]) * (1 + eps[1]))
+    bias[0] = -sharpness * level
+    head.set_weights([kernel, bias])
+
+
+@pytest.fixture(scope="session")
+def tiny_model_folder(tmp_path_factory):
+    """Factory ``tiny_model_folder(kind="distance") -> Path`` of a complete model folder.
+
+    The folder holds segmentation.keras/.json/.onnx (+ centres.* for kind "centres") and
+    pipeline.json (post-processing ``kind`` with min_area 15, min_volume 40, no tiles), as
+    training and the ``pipeline_settings`` rule write them. Its tiny networks threshold the
+    green pseudocolor channel (see ``set_green_threshold_weights``); on the default synthetic
+    dataset they give SEG ~0.75 (kind "distance") and ~0.55 (kind "centres"). The networks are
+    built and exported once per session; do not modify the folders.
+    """
+    import shutil
+
+    from efficientcellseg.inference import export_onnx
+    from efficientcellseg.model import build_model, resolve_config, save_model
+    from efficientcellseg.postprocess import PostprocessSettings
+    from efficientcellseg.segment import PipelineSettings, write_pipeline_settings
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    config = resolve_config("tiny")
+    networks: dict[str, list[Path]] = {}
+    folders: dict[str, Path] = {}
+
+    def network(task: str) -> list[Path]:
+        if task not in networks:
+            model = build_model(config)
+            set_green_threshold_weights(model, config, THRESHOLD_LEVELS[task], THRESHOLD_SHARPNESS)
+            path = root / "networks" / f"{task}.keras"
+            save_model(model, path, {"config": config.to_dict(), "task": task})
+            export_onnx(path)
+            networks[task] = [path, path.with_suffix(".json"), path.with_suffix(".onnx")]
+        return networks[task]
+
+    def make(kind: str = "distance") -> Path:
+        if kind not in folders:
+            folder = root / kind
+            folder.mkdir()
+            tasks = ["segmentation"] + (["centres"] if kind == "centres" else [])
+            for task in tasks:
+                for file in network(task):
+                    shutil.copy2(file, folder / file.name)
+            settings = PipelineSettings(PostprocessSettings(kind, **TINY_POSTPROCESS))
+            write_pipeline_settings(folder, settings)
+            folders[kind] = folder
+        return folders[kind]
+
+    return make

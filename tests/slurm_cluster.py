@@ -13,15 +13,21 @@ Design choices
 --------------
 - No accounting (no slurmdbd, no MariaDB): fewer packages and daemons, start-up well under a
   second. Job status therefore comes from ``squeue`` (the SLURM profile sets
-  ``slurm-status-command: squeue``); ``MinJobAge=600`` keeps finished jobs visible to it for
-  far longer than the plugin's ``3 x init-seconds-before-status-checks`` requirement. The
-  record of every job that ran is the job completion log (``JobCompType=jobcomp/filetxt``),
-  read by `SlurmCluster.finished_jobs`.
+  ``slurm-status-command: squeue``); ``MinJobAge=3600`` keeps finished jobs visible to it
+  (and to ``scontrol show job``) for a whole test session, far longer than the plugin's
+  ``3 x init-seconds-before-status-checks`` requirement. The record of every job that ran is
+  the job completion log (``JobCompType=jobcomp/filetxt``), read by
+  `SlurmCluster.finished_jobs`; it has no GPU field (tracking ``gres/gpu`` needs slurmdbd).
 - The node is virtual (``SlurmdParameters=config_overrides``): it announces the CPUs, memory
   and GPUs of `NodeSpec`, not the machine's, so the workflow's real resource requests (a lab
   GPU node) are accepted unchanged. Nothing is enforced (no cgroups), which is fine for tiny
   test data. The GPUs are GRES backed by ``/dev/null``: SLURM schedules ``--gpus=1`` exactly
   as on a GPU node (and sets ``CUDA_VISIBLE_DEVICES``), while the code runs on the CPU.
+- Jobs run on `NodeSpec.host_cpus` CPUs of this machine (slurmd's CPU affinity, which every
+  job inherits; ``TaskPlugin=task/none`` binds nothing): a job's ``snakemake --cores all``
+  then uses that many threads however many CPUs it asked SLURM for, as a real job bound to
+  its allocation does. Tests that compare with a local ``--cores 2`` run need this:
+  TensorFlow's results depend on its thread count in the last float bits.
 - Two partitions share the node: the first is the default, the second lets a test check that
   an explicitly chosen partition reaches ``sbatch``.
 """
@@ -85,6 +91,15 @@ class NodeSpec:
     cpus: int = 16
     memory_mb: int = 64_000
     gpus: int = 1
+    # CPUs of this machine the jobs run on (None: all of them); see the module docstring.
+    host_cpus: int | None = 2
+
+    def host_cpu_set(self) -> set[int] | None:
+        """The first `host_cpus` CPUs this process may use, or None to leave affinity alone."""
+        available = sorted(os.sched_getaffinity(0))
+        if self.host_cpus is None or self.host_cpus >= len(available):
+            return None
+        return set(available[: self.host_cpus])
 
 
 @dataclass(frozen=True)
@@ -215,6 +230,10 @@ class SlurmCluster:
         run = SnakemakeRun.from_output(command, result.returncode, result.stdout, seconds)
         logger.info("snakemake exit code %d after %.1f s", run.returncode, run.seconds)
         return run
+
+    def cancel_all_jobs(self, timeout_s: float = 30.0) -> None:
+        """Cancel every pending or running job and wait until they are gone."""
+        _cancel_all_jobs(self, timeout_s)
 
     def active_job_ids(self) -> list[str]:
         """Jobs that are pending, running or completing."""
@@ -389,7 +408,7 @@ def _slurm_conf(root: Path, node: NodeSpec, partitions: Sequence[str]) -> str:
         "SchedulerType=sched/builtin",
         "SchedulerParameters=batch_sched_delay=0",
         "MailProg=/bin/true",
-        "MinJobAge=600",
+        "MinJobAge=3600",  # `scontrol show job` of a whole test run
         "KillWait=2",
         "ReturnToService=2",
         "AccountingStorageType=accounting_storage/none",
@@ -508,10 +527,15 @@ class _Daemons:
         self._env = dict(env)
         self._processes: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, command: Sequence[str]) -> None:
+    def start(self, name: str, command: Sequence[str], cpus: set[int] | None = None) -> None:
+        """Start `command` in the background; `cpus` restricts its CPU affinity."""
         with open(self._root / "log" / f"{name}.out", "wb") as output:
             process = subprocess.Popen(
-                list(command), env=self._env, stdout=output, stderr=subprocess.STDOUT
+                list(command),
+                env=self._env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
             )
         self._processes.append((name, process))
         logger.debug("started %s (pid %d)", name, process.pid)
@@ -563,7 +587,9 @@ def _node_state(env: Mapping[str, str]) -> str:
     return result.stdout.strip().split("\n")[0] if result.returncode == 0 else ""
 
 
-def _start_daemons(daemons: _Daemons, root: Path, conf_path: Path, env: Mapping[str, str]) -> None:
+def _start_daemons(
+    daemons: _Daemons, root: Path, conf_path: Path, node: NodeSpec, env: Mapping[str, str]
+) -> None:
     socket_path = root / "munge" / "munge.socket"
     daemons.start(
         "munged",
@@ -579,7 +605,9 @@ def _start_daemons(daemons: _Daemons, root: Path, conf_path: Path, env: Mapping[
     _wait_until(socket_path.exists, daemons, "munge socket", timeout_s=10)
     daemons.start("slurmctld", [_which("slurmctld") or "slurmctld", "-D", "-f", str(conf_path)])
     daemons.start(
-        "slurmd", [_which("slurmd") or "slurmd", "-D", "-N", NODE_NAME, "-f", str(conf_path)]
+        "slurmd",
+        [_which("slurmd") or "slurmd", "-D", "-N", NODE_NAME, "-f", str(conf_path)],
+        cpus=node.host_cpu_set(),  # inherited by every job step
     )
     _wait_until(lambda: _node_state(env) == "idle", daemons, "node idle", timeout_s=30)
 
@@ -642,7 +670,7 @@ def running_slurm_cluster(
         cluster = SlurmCluster(root, conf_path, node, tuple(partitions))
         daemons = _Daemons(root, cluster.env())
         cleanup.callback(daemons.stop_all)
-        _start_daemons(daemons, root, conf_path, cluster.env())
+        _start_daemons(daemons, root, conf_path, node, cluster.env())
         cleanup.callback(_cancel_all_jobs, cluster)
         logger.info("test SLURM cluster running in %s", root)
         yield cluster

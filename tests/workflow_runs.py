@@ -30,8 +30,14 @@ TINY_CONFIG = {
             "source": "synthetic",
             "model": "tiny",
             "training_set": "GT",
-            "synthetic": {"seed": 3, "n_frames": 3, "depth": 12, "height": 96, "width": 96,
-                          "n_objects": 6},
+            "synthetic": {
+                "seed": 3,
+                "n_frames": 3,
+                "depth": 12,
+                "height": 96,
+                "width": 96,
+                "n_objects": 6,
+            },
             "training": {"epochs": 4, "steps_per_epoch": 8, "early_stop_patience": 4},
             "postprocess": {"kind": "centres", "min_area": 15, "min_volume": 40},
         }
@@ -85,3 +91,8 @@ def run_snakemake(
         check=False,
     )
     return WorkflowRun(workdir, result.returncode, result.stdout)
+
+
+def workflow_options(workdir: Path) -> list[str]:
+    """The options of `snakemake_command` without the executable, for runners of their own."""
+    return snakemake_command(workdir)[1:]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from efficientcellseg import model as model_module
+from efficientcellseg.cli import main
 from efficientcellseg.model import (
     PRESETS,
     ModelConfig,
@@ -24,14 +25,31 @@ from efficientcellseg.model import (
 )
 
 
-def test_paper_configuration_has_the_published_parameter_counts() -> None:
-    config = resolve_config("paper")
-    model = build_model(config)
-    assert parameter_counts(model, config) == {
-        "total": 6_697_824,
-        "encoder": 5_633_631,
-        "decoder": 1_064_193,
-    }
+def printed_counts(text: str) -> dict[str, int]:
+    rows = (line.split() for line in text.splitlines() if line.strip())
+    return {name: int(value.replace(",", "")) for name, value in rows}
+
+
+def test_paper_configuration_has_the_published_parameter_counts(capsys) -> None:
+    """``efficientcellseg params`` builds the paper network (no weights needed) and counts."""
+    assert main(["params"]) == 0
+    text = capsys.readouterr().out
+    assert "6,697,824" in text and "5,633,631" in text and "1,064,193" in text
+    assert printed_counts(text) == {"total": 6_697_824, "encoder": 5_633_631, "decoder": 1_064_193}
+
+
+def test_params_command_takes_presets_and_settings_files(tiny_model, tmp_path, capsys) -> None:
+    model, config = tiny_model
+    assert main(["params", "--config", "tiny"]) == 0
+    assert printed_counts(capsys.readouterr().out) == parameter_counts(model, config)
+    path = tmp_path / "wider.yaml"
+    path.write_text("preset: tiny\ndecoder_filters: [32, 16, 8]\n")
+    assert main(["params", "--config", str(path)]) == 0
+    wider = printed_counts(capsys.readouterr().out)
+    assert wider["encoder"] == parameter_counts(model, config)["encoder"]
+    # wider decoder stages: more decoder parameters, the same encoder
+    assert wider["decoder"] > parameter_counts(model, config)["decoder"]
+    assert main(["params", "--config", "huge"]) == 2
 
 
 def test_tiny_configuration_takes_any_input_size(tiny_model) -> None:
@@ -41,8 +59,8 @@ def test_tiny_configuration_takes_any_input_size(tiny_model) -> None:
     assert counts["total"] == counts["encoder"] + counts["decoder"]
     for shape in [(1, 128, 128, 3), (2, 100, 77, 3), (1, 300, 512, 3)]:
         out = np.asarray(model(np.random.default_rng(0).random(shape, dtype=np.float32)))
-        assert out.shape == shape[:3] + (1,)
-        assert out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
+        assert out.shape == (*shape[:3], 1)
+        assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
 
 
 def test_other_backbones_and_decoders_are_configurable() -> None:
@@ -84,27 +102,82 @@ def test_configs_resolve_from_presets_files_and_mappings(tmp_path: Path) -> None
         resolve_config("huge")
 
 
-def test_imagenet_weights_are_taken_from_the_keras_cache(tmp_path: Path, monkeypatch) -> None:
+@pytest.fixture
+def keras_home(tmp_path: Path, monkeypatch) -> Path:
+    """An empty Keras folder, as if KERAS_HOME pointed there when Keras was imported."""
+    from keras.src.backend import config as keras_config
+
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_imagenet_cache_path_is_where_keras_looks(keras_home: Path) -> None:
     config = ModelConfig(backbone="EfficientNetB0", encoder_weights="imagenet")
-    cached = tmp_path / "models" / "efficientnetb0_notop.h5"
+    cached = keras_home / "models" / "efficientnetb0_notop.h5"
     assert model_module.imagenet_cache_path("EfficientNetB0") == cached
     cached.parent.mkdir()
     cached.write_bytes(b"")
     assert resolve_encoder_weights(config) == "imagenet"
 
 
-def test_missing_imagenet_weights_warn_or_stop(tmp_path: Path, monkeypatch, caplog) -> None:
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+def test_imagenet_weights_in_the_keras_cache_are_used_offline(
+    keras_home: Path, monkeypatch
+) -> None:
+    """A stand-in for the ImageNet file (random weights in the HDF5 layout Keras downloads) in
+    the cache is loaded into the encoder, and nothing is fetched from the network."""
+    import h5py
+    import keras
+    from keras.src.legacy.saving import legacy_h5_format
+    from keras.src.utils import file_utils
+
+    source = keras.applications.EfficientNetB0(include_top=False, weights=None)
+    rng = np.random.default_rng(3)
+    source.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in source.get_weights()])
+    cached = model_module.imagenet_cache_path("EfficientNetB0")
+    cached.parent.mkdir(parents=True)
+    with h5py.File(cached, "w") as fh:
+        legacy_h5_format.save_weights_to_hdf5_group(fh, source)
+
+    def no_download(*args, **kwargs):
+        raise AssertionError(f"tried to download {args[:1]}")
+
+    # Keras checks the real file's SHA-256 before use: accept the stand-in instead.
+    monkeypatch.setattr(file_utils, "validate_file", lambda *args, **kwargs: True)
+    monkeypatch.setattr(file_utils, "urlretrieve", no_download)
+    config = ModelConfig(**{**PRESETS["tiny"].to_dict(), "encoder_weights": "imagenet"})
+    model = build_model(config)
+    for name in ("stem_conv", "block2a_expand_conv", "block3a_expand_conv", "block3a_project_bn"):
+        for a, b in zip(
+            model.get_layer(name).get_weights(), source.get_layer(name).get_weights(), strict=True
+        ):
+            np.testing.assert_array_equal(a, b)
+    # the ImageNet route adds the rescaling to ImageNet's standard deviation
+    rescalings = [layer for layer in model.layers if isinstance(layer, keras.layers.Rescaling)]
+    assert len(rescalings) == 3  # input_scale, 1/255 and 1/std
+
+
+def test_missing_imagenet_weights_warn_or_stop(keras_home: Path, caplog) -> None:
     config = ModelConfig(backbone="EfficientNetB0", encoder_weights="imagenet")
     with caplog.at_level(logging.WARNING):
         assert resolve_encoder_weights(config) is None
-    assert str(tmp_path / "models" / "efficientnetb0_notop.h5") in caplog.text
+    assert str(keras_home / "models" / "efficientnetb0_notop.h5") in caplog.text
+    assert "random initialisation" in caplog.text
     strict = ModelConfig(
         backbone="EfficientNetB0", encoder_weights="imagenet", require_encoder_weights=True
     )
     with pytest.raises(WeightsNotFoundError, match="put efficientnetb0_notop.h5"):
         resolve_encoder_weights(strict)
+    with pytest.raises(WeightsNotFoundError, match=str(keras_home)):
+        build_model(
+            ModelConfig(
+                **{
+                    **PRESETS["tiny"].to_dict(),
+                    "encoder_weights": "imagenet",
+                    "require_encoder_weights": True,
+                }
+            )
+        )
 
 
 def test_encoder_weights_load_from_a_file(tmp_path: Path) -> None:

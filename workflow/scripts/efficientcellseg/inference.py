@@ -1,14 +1,27 @@
 """Running trained networks on pseudocolored slices: backends, batching and tiling.
 
-Backends: ``keras`` (a compiled TensorFlow function), ``onnx`` (ONNX Runtime) and ``openvino``
-(OpenVINO, reading the same ONNX file). The ONNX file is exported beside the ``.keras`` model
-after training. ``auto`` takes TensorFlow when a GPU is present and otherwise the fastest CPU
-backend measured on the reference machine (``benchmarks/bench_inference.py``), falling back when
-a runtime or the ONNX file is missing.
+Backends: ``keras`` (a compiled TensorFlow function on the ``.keras`` file), ``onnx`` (ONNX
+Runtime) and ``openvino`` (OpenVINO, reading the same ONNX file). The ONNX file is exported
+beside the ``.keras`` model after training (:func:`export_onnx`). All three compute in float32
+and agree to about 1e-5. ``auto`` (:func:`choose_backend`) takes TensorFlow when it sees a GPU,
+and otherwise the fastest CPU backend measured with ``benchmarks/bench_inference.py`` that can run
+here (OpenVINO, then ONNX Runtime, then TensorFlow).
 
-Slices larger than ``tile_size`` go through overlapping square tiles whose predictions are
-blended with smooth weights; tile positions always reach the right and bottom edges, so no pixel
-is left unpredicted (the published code leaves the remainder of an uneven split empty).
+CPU settings that matter (measured on a 2-core Xeon with AMX, see the benchmark):
+
+* OpenVINO runs in bfloat16 by default on CPUs with AMX or AVX512-BF16, which changes the
+  probabilities by up to ~0.1; precision is pinned to f32 (``INFERENCE_PRECISION_HINT``).
+* Threads are limited to the cores this process may use (``os.sched_getaffinity``): more threads
+  than cores (the workflow may ask for more) slow every runtime down.
+* ONNX Runtime's worker threads spin while waiting by default; on cores shared with other work
+  that steals the time the computation needs, so spinning is off.
+* Two slices computed at once (``streams``), each with half the threads, beat one slice with
+  all threads: each stream runs without waiting for the other at every layer.
+
+Slices larger than ``tile_size`` go through overlapping square tiles (:class:`TileSettings`)
+whose predictions are blended (:func:`tile_weights`); tile positions always reach the right and
+bottom edges, so no pixel is left unpredicted (the published code leaves the remainder of an
+uneven split empty).
 """
 
 from __future__ import annotations
@@ -26,17 +39,24 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "keras", "onnx", "openvino")
 CPU_PREFERENCE = ("openvino", "onnx", "keras")  # fastest first, see benchmarks/bench_inference.py
+RUNTIME_MODULES = {"keras": "tensorflow", "onnx": "onnxruntime", "openvino": "openvino"}
+DEFAULT_BATCH_SIZE = 4  # slices (or tiles) per call; see benchmarks/bench_inference.py
+DEFAULT_STREAMS = 2  # slices computed at once by the ONNX backends on a CPU (ditto)
 ONNX_OPSET = 17
 
 Predict = Callable[[np.ndarray], np.ndarray]  # (N, H, W, 3) float32 -> (N, H, W) float32
 
 
 def onnx_path(model_path: str | os.PathLike) -> Path:
+    """The ONNX export that belongs to a ``.keras`` file (same name, suffix ``.onnx``)."""
     return Path(model_path).with_suffix(".onnx")
 
 
 def export_onnx(model_path: str | os.PathLike, out_path: str | os.PathLike | None = None) -> Path:
-    """Export a saved ``.keras`` network to ONNX (dynamic batch, height and width)."""
+    """Export a saved ``.keras`` network to ONNX (dynamic batch, height and width), atomically.
+
+    Returns the path written (default: beside the model, suffix ``.onnx``).
+    """
     import tensorflow as tf
     import tf2onnx
 
@@ -52,8 +72,13 @@ def export_onnx(model_path: str | os.PathLike, out_path: str | os.PathLike | Non
         return model(x, training=False)
 
     tmp = out_path.with_name(f".{out_path.name}.tmp")
-    tf2onnx.convert.from_function(serve, input_signature=spec, opset=ONNX_OPSET, output_path=str(tmp))
-    os.replace(tmp, out_path)
+    try:
+        tf2onnx.convert.from_function(
+            serve, input_signature=spec, opset=ONNX_OPSET, output_path=str(tmp)
+        )
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
     log.info("exported %s", out_path)
     return out_path
 
@@ -73,56 +98,139 @@ def _freeze_normalisation(model) -> None:
             layer.variance = layer.adapt_variance
 
 
+# --- choosing a backend ---------------------------------------------------------------------
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's core count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve_threads(threads: int | None) -> int:
+    """Threads to give a runtime: the request, capped at the available cores (None: all)."""
+    cores = available_cores()
+    if threads is None or threads <= 0:
+        return cores
+    if threads > cores:
+        log.info("%d threads requested, %d cores available: using %d", threads, cores, cores)
+    return min(threads, cores)
+
+
 def gpu_available() -> bool:
+    """Whether TensorFlow can use a GPU (without importing it when no NVIDIA device exists)."""
+    if not any(Path("/dev").glob("nvidia[0-9]*")) and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        return False
+    if not runtime_importable("keras"):
+        return False
     import tensorflow as tf
 
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def choose_backend(model_path: str | os.PathLike, backend: str = "auto") -> str:
-    """Resolve ``auto`` to a backend that can run here; check an explicit choice can."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend {backend!r} is not one of {BACKENDS}")
-    if backend != "auto":
-        if backend != "keras" and not onnx_path(model_path).is_file():
-            raise FileNotFoundError(
-                f"{onnx_path(model_path)} missing: export it with "
-                "`efficientcellseg export MODEL.keras` or use --backend keras"
-            )
-        return backend
-    if gpu_available():
-        return "keras"
-    for candidate in CPU_PREFERENCE:
-        if candidate == "keras" or (onnx_path(model_path).is_file() and _importable(candidate)):
-            return candidate
-    return "keras"
-
-
-def _importable(backend: str) -> bool:
-    module = {"onnx": "onnxruntime", "openvino": "openvino"}[backend]
+def runtime_importable(backend: str) -> bool:
+    """Whether the runtime module of ``backend`` imports here."""
     try:
-        __import__(module)
-    except ImportError:
+        __import__(RUNTIME_MODULES[backend])
+    except Exception:  # a broken install raises more than ImportError
         return False
     return True
 
 
+def choose_backend(model_path: str | os.PathLike, backend: str = "auto") -> str:
+    """Resolve ``auto`` to a backend that can run here; check an explicit choice can.
+
+    ``auto``: ``keras`` when TensorFlow sees a GPU, else the first of :data:`CPU_PREFERENCE`
+    whose runtime imports and whose input (the ONNX file, or the ``.keras`` file) exists.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r} is not one of {BACKENDS}")
+    if backend != "auto":
+        _check_runnable(model_path, backend)
+        return backend
+    if gpu_available():
+        return "keras"
+    for candidate in CPU_PREFERENCE:
+        if _model_file(model_path, candidate).is_file() and runtime_importable(candidate):
+            return candidate
+    raise RuntimeError(
+        f"no backend can run {model_path}: install openvino or onnxruntime and export "
+        f"{onnx_path(model_path).name} (`efficientcellseg export`), or install tensorflow"
+    )
+
+
+def _model_file(model_path: str | os.PathLike, backend: str) -> Path:
+    return Path(model_path) if backend == "keras" else onnx_path(model_path)
+
+
+def _check_runnable(model_path: str | os.PathLike, backend: str) -> None:
+    path = _model_file(model_path, backend)
+    if not path.is_file():
+        advice = (
+            "train the model first"
+            if backend == "keras"
+            else f"export it with `efficientcellseg export {Path(model_path).name}` or use "
+            "--backend keras"
+        )
+        raise FileNotFoundError(f"{path} missing for backend {backend}: {advice}")
+    if not runtime_importable(backend):
+        raise RuntimeError(
+            f"backend {backend} needs the Python package {RUNTIME_MODULES[backend]}, which "
+            "does not import here: install it or choose another --backend"
+        )
+
+
+# --- predictors -----------------------------------------------------------------------------
+
+
 def open_predictor(
-    model_path: str | os.PathLike, backend: str = "auto", *, threads: int | None = None
+    model_path: str | os.PathLike,
+    backend: str = "auto",
+    *,
+    threads: int | None = None,
+    streams: int | None = None,
 ) -> tuple[Predict, str]:
-    """A function mapping a batch of pseudocolor slices to probability maps, and its backend."""
+    """A function mapping a batch of pseudocolor slices to probability maps, and its backend.
+
+    Parameters
+    ----------
+    model_path
+        The ``.keras`` file; ONNX backends read the ``.onnx`` file beside it.
+    backend
+        One of :data:`BACKENDS`.
+    threads
+        CPU threads for the runtime; None (or more than there are): all available cores.
+    streams
+        ONNX backends on a CPU: slices computed at the same time, each with
+        ``threads // streams`` threads (default :data:`DEFAULT_STREAMS`, at most ``threads``).
+        Ignored by ``keras`` and on a GPU.
+
+    Returns
+    -------
+    tuple
+        ``predict`` taking (N, H, W, 3) float32 in [0, 1] and returning (N, H, W) float32, and
+        the name of the backend chosen.
+    """
     backend = choose_backend(model_path, backend)
-    opener = {"keras": _keras_predictor, "onnx": _onnx_predictor, "openvino": _openvino_predictor}
-    log.info("%s: backend %s", Path(model_path).name, backend)
-    return opener[backend](Path(model_path), threads), backend
+    threads = resolve_threads(threads)
+    streams = max(1, min(threads, DEFAULT_STREAMS if streams is None else streams))
+    log.info(
+        "%s: backend %s, %d threads, %d streams", Path(model_path).name, backend, threads, streams
+    )
+    if backend == "keras":
+        return _keras_predictor(Path(model_path), threads), backend
+    opener = {"onnx": _onnx_predictor, "openvino": _openvino_predictor}[backend]
+    return opener(Path(model_path), threads, streams), backend
 
 
-def _keras_predictor(model_path: Path, threads: int | None) -> Predict:
+def _keras_predictor(model_path: Path, threads: int) -> Predict:
     import tensorflow as tf
 
     from .model import load_model
 
-    if threads:
+    if not tf.config.list_physical_devices("GPU"):
         set_tensorflow_threads(threads)
     model = load_model(model_path)
     spec = (tf.TensorSpec((None, None, None, 3), tf.float32),)
@@ -145,35 +253,86 @@ def set_tensorflow_threads(threads: int) -> None:
         log.debug("TensorFlow threads already set")
 
 
-def _onnx_predictor(model_path: Path, threads: int | None) -> Predict:
+def onnxruntime_session(path: str | os.PathLike, threads: int, *, spinning: bool = False):
+    """An ONNX Runtime session: all graph optimisations, ``threads`` intra-op threads (which
+    do not spin while waiting, unless ``spinning``), CUDA when ``onnxruntime-gpu`` provides it."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
+    options.log_severity_level = 3  # errors only
     available = ort.get_available_providers()
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-    session = ort.InferenceSession(str(onnx_path(model_path)), options, providers=providers)
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
+def _onnx_predictor(model_path: Path, threads: int, streams: int) -> Predict:
+    session = onnxruntime_session(onnx_path(model_path), max(1, threads // streams))
     name = session.get_inputs()[0].name
+    on_gpu = session.get_providers()[0] == "CUDAExecutionProvider"
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: np.ascontiguousarray(batch, np.float32)})[0][..., 0]
+
+    if streams == 1 or on_gpu:
+        return run
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(streams, thread_name_prefix="onnxruntime")  # run() is thread-safe
 
     def predict(batch: np.ndarray) -> np.ndarray:
-        return session.run(None, {name: np.ascontiguousarray(batch, np.float32)})[0][..., 0]
+        return np.concatenate(list(pool.map(run, np.split(batch, len(batch)))))
 
     return predict
 
 
-def _openvino_predictor(model_path: Path, threads: int | None) -> Predict:
+def openvino_config(device: str, threads: int, streams: int = 1) -> dict[str, str]:
+    """OpenVINO compile settings: f32 always (the CPU default is bf16 where AMX/AVX512-BF16
+    exist, the GPU default f16); on a CPU ``threads`` threads shared by ``streams`` streams."""
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    if device != "CPU":
+        return {**config, "PERFORMANCE_HINT": "LATENCY"}
+    config["INFERENCE_NUM_THREADS"] = str(threads)
+    if streams == 1:
+        return {**config, "PERFORMANCE_HINT": "LATENCY"}
+    return {**config, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": str(streams)}
+
+
+def _openvino_predictor(model_path: Path, threads: int, streams: int) -> Predict:
     import openvino as ov
 
     core = ov.Core()
     device = "GPU" if "GPU" in core.available_devices else "CPU"
-    config = {"INFERENCE_NUM_THREADS": threads} if threads and device == "CPU" else {}
-    compiled = core.compile_model(str(onnx_path(model_path)), device, config)
-    request = compiled.create_infer_request()
+    streams = streams if device == "CPU" else 1
+    compiled = core.compile_model(
+        str(onnx_path(model_path)), device, openvino_config(device, threads, streams)
+    )
+    if streams == 1:
+        request = compiled.create_infer_request()
+
+        def predict(batch: np.ndarray) -> np.ndarray:
+            result = request.infer({0: np.ascontiguousarray(batch, np.float32)})
+            return np.array(result[0][..., 0])  # a copy: the request reuses its buffer
+
+        return predict
+    queue = ov.AsyncInferQueue(compiled, streams)
 
     def predict(batch: np.ndarray) -> np.ndarray:
-        result = request.infer({0: np.ascontiguousarray(batch, np.float32)})
-        return np.asarray(result[compiled.output(0)])[..., 0].copy()
+        batch = np.ascontiguousarray(batch, np.float32)  # alive until every request is done
+        out = np.empty(batch.shape[:3], np.float32)
+
+        def store(request, index: int) -> None:
+            out[index] = request.get_output_tensor(0).data[0, ..., 0]
+
+        queue.set_callback(store)
+        for index in range(len(batch)):
+            queue.start_async({0: batch[index : index + 1]}, index)
+        queue.wait_all()
+        return out
 
     return predict
 
@@ -183,7 +342,11 @@ def _openvino_predictor(model_path: Path, threads: int | None) -> Predict:
 
 @dataclass(frozen=True)
 class TileSettings:
-    """Square tiles of ``size`` slice pixels, neighbours overlapping by ``overlap`` pixels."""
+    """Square tiles of ``size`` slice pixels, neighbours overlapping by at least ``overlap``.
+
+    Each tile is resized to the network's input size inside the network, so ``size`` sets the
+    scale the network sees (TRIC: 1024-pixel tiles of 1745x2440 slices, 2 x 3 tiles).
+    """
 
     size: int
     overlap: int = 64
@@ -196,37 +359,58 @@ class TileSettings:
 
 
 def tile_starts(length: int, size: int, overlap: int) -> list[int]:
-    """Start offsets of tiles covering ``0..length`` completely; the last ends at ``length``."""
+    """Start offsets of tiles covering ``0..length`` completely; the last ends at ``length``.
+
+    Tiles are spread evenly, so neighbours overlap by at least ``overlap`` pixels.
+    """
     if length <= size:
         return [0]
     count = math.ceil((length - overlap) / (size - overlap))
     return [round(i * (length - size) / (count - 1)) for i in range(count)]
 
 
-def blend_weights(size_y: int, size_x: int, overlap: int) -> np.ndarray:
-    """Weights of one tile: 1 inside, ramping down over the overlap, never 0 (edges count)."""
+def tile_weights(length: int, size: int, start: int, overlap: int) -> np.ndarray:
+    """Blend weights along one axis of the tile at ``start`` (of ``size`` pixels, in ``length``).
 
-    def ramp(n: int) -> np.ndarray:
-        w = np.ones(n, np.float32)
-        if overlap:
-            edge = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
-            w[:overlap] = np.minimum(w[:overlap], edge)
-            w[-overlap:] = np.minimum(w[-overlap:], edge[::-1])
-        return w
-
-    return np.outer(ramp(size_y), ramp(size_x))
+    On a side facing another tile, the outer quarter of the overlap gets weight 0 (pixels whose
+    receptive field the tile cuts off), then the weight ramps linearly to 1 over the middle half;
+    on a side at the image edge the weight stays 1. The ramps of two neighbours overlapping by
+    exactly ``overlap`` sum to 1, and wider overlaps only lengthen the stretch of full weight, so
+    every pixel has a positive total weight. A translation-equivariant predictor whose reach is
+    at most ``overlap // 4`` pixels therefore gives the same result tiled as on the whole slice.
+    """
+    weights = np.ones(size, np.float32)
+    margin = overlap // 4
+    ramp_length = overlap - 2 * margin
+    if ramp_length <= 0:
+        return weights
+    ramp = np.zeros(overlap, np.float32)
+    ramp[margin : overlap - margin] = (np.arange(ramp_length, dtype=np.float32) + 0.5) / ramp_length
+    ramp[overlap - margin :] = 1
+    if start > 0:
+        weights[:overlap] = ramp
+    if start + size < length:
+        weights[-overlap:] = np.minimum(weights[-overlap:], ramp[::-1])
+    return weights
 
 
 def predict_slices(
     predict: Predict,
     images: np.ndarray,
     *,
-    batch_size: int = 4,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     tiles: TileSettings | None = None,
 ) -> np.ndarray:
-    """Probability map (N, H, W) float32 for pseudocolor slices (N, H, W, 3)."""
+    """Probability map (N, H, W) float32 of pseudocolor slices (N, H, W, 3).
+
+    Slices go to ``predict`` ``batch_size`` at a time; slices higher or wider than
+    ``tiles.size`` go as overlapping tiles (``batch_size`` tiles at a time), blended back.
+    Beyond the input and the result, memory holds one batch and one (H, W) weight map.
+    """
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected pseudocolor slices (N, H, W, 3), got shape {images.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     n, height, width, _ = images.shape
     if tiles is None or (height <= tiles.size and width <= tiles.size):
         out = np.empty((n, height, width), np.float32)
@@ -236,25 +420,40 @@ def predict_slices(
     return _predict_tiled(predict, images, batch_size, tiles)
 
 
-def _predict_tiled(predict: Predict, images: np.ndarray, batch_size: int, tiles: TileSettings):
+def _predict_tiled(
+    predict: Predict, images: np.ndarray, batch_size: int, tiles: TileSettings
+) -> np.ndarray:
     n, height, width, _ = images.shape
     size_y, size_x = min(tiles.size, height), min(tiles.size, width)
-    weights = blend_weights(size_y, size_x, tiles.overlap)
-    total = np.zeros((n, height, width), np.float32)
-    weight_sum = np.zeros((height, width), np.float32)
     windows = [
         (y, x)
         for y in tile_starts(height, size_y, tiles.overlap)
         for x in tile_starts(width, size_x, tiles.overlap)
     ]
-    for y, x in windows:
-        weight_sum[y : y + size_y, x : x + size_x] += weights
+    weights = {
+        (y, x): np.outer(
+            tile_weights(height, size_y, y, tiles.overlap),
+            tile_weights(width, size_x, x, tiles.overlap),
+        )
+        for y, x in windows
+    }
+    weight_sum = np.zeros((height, width), np.float32)
+    for (y, x), weight in weights.items():
+        weight_sum[y : y + size_y, x : x + size_x] += weight
+    if not weight_sum.all():  # cannot happen with the weights above; guards the invariant
+        raise AssertionError("tiles leave pixels without weight")
+    log.debug("%d tiles of %dx%d per slice", len(windows), size_y, size_x)
+    total = np.zeros((n, height, width), np.float32)
     jobs = [(i, y, x) for i in range(n) for y, x in windows]
+    batch = np.empty((min(batch_size, len(jobs)), size_y, size_x, 3), np.float32)
     for chunk in _chunks(jobs, batch_size):
-        batch = np.stack([images[i, y : y + size_y, x : x + size_x] for i, y, x in chunk])
-        for (i, y, x), probability in zip(chunk, predict(batch), strict=True):
-            total[i, y : y + size_y, x : x + size_x] += probability * weights
-    return total / weight_sum
+        for k, (i, y, x) in enumerate(chunk):
+            batch[k] = images[i, y : y + size_y, x : x + size_x]
+        probabilities = predict(batch[: len(chunk)])
+        for (i, y, x), probability in zip(chunk, probabilities, strict=True):
+            total[i, y : y + size_y, x : x + size_x] += probability * weights[y, x]
+    total /= weight_sum
+    return total
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,9 @@ def build_model(config: ModelConfig, *, name: str = "efficientcellseg"):
     scaled = layers.Rescaling(config.input_scale, name="input_scale")(resized)
     backbone = _backbone(config, scaled)
     x = backbone.get_layer(config.cut_layer).output
-    skips = [backbone.get_layer(n).output for n in config.skip_layers] + [scaled]
+    # The last skip is the resized pseudocolor itself, in [0, 1] whatever the encoder's input
+    # scale (the published network, with input_scale 1, cannot tell the difference).
+    skips = [backbone.get_layer(n).output for n in config.skip_layers] + [resized]
     for stage, (filters, skip) in enumerate(zip(config.decoder_filters, skips, strict=True)):
         x = layers.UpSampling2D(2, interpolation="bilinear", name=f"dec{stage}_up")(x)
         x = layers.Concatenate(name=f"dec{stage}_concat")([x, skip])
@@ -186,9 +189,28 @@ def _backbone(config: ModelConfig, input_tensor):
 
 
 def imagenet_cache_path(backbone: str) -> Path:
-    """Where Keras looks for the ImageNet weights of ``backbone`` (no-top) before downloading."""
-    keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
-    return keras_home / "models" / f"{backbone.lower()}_notop.h5"
+    """Where Keras looks for the ImageNet weights of ``backbone`` (no-top) before downloading.
+
+    That is ``$KERAS_HOME/models`` (default ``~/.keras/models``), as Keras read it when it was
+    imported; Keras falls back to ``/tmp/.keras`` when that folder is not writable.
+    """
+    return _keras_home() / "models" / f"{backbone.lower()}_notop.h5"
+
+
+def _keras_home() -> Path:
+    home = None
+    if "keras" in sys.modules:  # Keras fixed its folder when it was imported: ask it
+        try:
+            from keras.src.backend.config import keras_home
+
+            home = Path(keras_home())
+        except (ImportError, AttributeError):  # a Keras without that accessor
+            pass
+    if home is None and "KERAS_HOME" in os.environ:
+        home = Path(os.environ["KERAS_HOME"])
+    if home is None:
+        home = (Path.home() if os.access(Path.home(), os.W_OK) else Path("/tmp")) / ".keras"
+    return home if os.access(home.expanduser(), os.W_OK) else Path("/tmp/.keras")
 
 
 def resolve_encoder_weights(config: ModelConfig) -> str | None:

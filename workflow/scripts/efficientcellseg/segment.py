@@ -7,9 +7,10 @@ call :func:`segment_sequence`. A model folder is self-contained::
     centres.keras       (only for post-processing kind "centres")
     pipeline.json       post-processing and tiling settings of the dataset
 
-Masks are written atomically, and a frame whose mask exists and is newer than the models is
-skipped, so an interrupted run finishes the missing frames without redoing the others, while
-new models redo them all.
+Masks are written atomically (a temporary file renamed into place), and a frame whose mask
+exists, has the frame's shape and is newer than every file of the model folder is skipped, so an
+interrupted run finishes the missing frames without redoing the others, while new models redo
+them all. Temporary files an interrupted run left behind are removed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from . import ctc
-from .inference import TileSettings, open_predictor, predict_slices
+from .inference import DEFAULT_BATCH_SIZE, TileSettings, open_predictor, predict_slices
 from .postprocess import PostprocessSettings, postprocess_frame
 from .pseudocolor import pseudocolor_frame
 
@@ -71,25 +72,39 @@ def write_pipeline_settings(model_dir: str | os.PathLike, settings: PipelineSett
 
 
 def read_pipeline_settings(model_dir: str | os.PathLike) -> PipelineSettings:
+    """The settings in ``MODEL_DIR/pipeline.json``; errors name the file and what is wrong."""
     path = Path(model_dir) / PIPELINE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} missing: {model_dir} is not a complete model folder")
-    return PipelineSettings.from_dict(json.loads(path.read_text()))
+    try:
+        return PipelineSettings.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{path} is not valid pipeline settings ({type(exc).__name__}: {exc}); rewrite it "
+            "with segment.write_pipeline_settings (the workflow's pipeline_settings rule)"
+        ) from exc
 
 
 class Segmenter:
-    """Networks and settings of one model folder, loaded once, applied frame by frame."""
+    """Networks and settings of one model folder, loaded once, applied frame by frame.
+
+    ``timings`` accumulates seconds per stage over all frames segmented: ``pseudocolor``, one
+    entry per network (``segmentation``, ``centres``) and ``postprocess``;
+    :func:`segment_sequence` adds ``read`` and ``write``.
+    """
 
     def __init__(
         self,
         model_dir: str | os.PathLike,
         *,
         backend: str = "auto",
-        batch_size: int = 4,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         threads: int | None = None,
     ):
         self.model_dir = Path(model_dir)
         self.settings = read_pipeline_settings(self.model_dir)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         self.batch_size = batch_size
         self.timings: dict[str, float] = defaultdict(float)
         tasks = ["segmentation"] + (["centres"] if self.settings.needs_centres else [])
@@ -103,8 +118,8 @@ class Segmenter:
                 path, backend, threads=threads
             )
 
-    def segment(self, frame: np.ndarray) -> np.ndarray:
-        """Instance mask (uint16, the frame's shape) of one 2D or 3D frame."""
+    def probabilities(self, frame: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-slice probability maps of every network, (Z, H, W) float32 (a 2D frame: (H, W))."""
         with self._timed("pseudocolor"):
             colour = pseudocolor_frame(frame)
         slices = colour if frame.ndim == 3 else colour[None]
@@ -114,8 +129,14 @@ class Segmenter:
                 maps[task] = predict_slices(
                     predict, slices, batch_size=self.batch_size, tiles=self.settings.tiles
                 )
+        del colour, slices
         if frame.ndim == 2:
             maps = {task: probability[0] for task, probability in maps.items()}
+        return maps
+
+    def segment(self, frame: np.ndarray) -> np.ndarray:
+        """Instance mask (uint16, the frame's shape) of one 2D (H, W) or 3D (Z, H, W) frame."""
+        maps = self.probabilities(frame)
         with self._timed("postprocess"):
             return postprocess_frame(
                 maps["segmentation"], maps.get("centres"), self.settings.postprocess
@@ -142,24 +163,28 @@ def segment_sequence(
     model_dir: str | os.PathLike,
     *,
     backend: str = "auto",
-    batch_size: int = 4,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     frames: Iterable[int] | None = None,
     overwrite: bool = False,
     threads: int | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Write ``maskTTT.tif`` for every frame (or ``frames``) of a CTC sequence.
+    """Write ``maskTTT.tif`` (the input's digit count) for every frame (or ``frames``) of a CTC
+    sequence, resuming: finished masks (see the module docstring) are kept unless ``overwrite``.
 
     Returns a summary: frames written and skipped, backends and seconds per stage.
     """
     sequence_dir = Path(sequence_dir)
     result_dir = Path(result_dir)
+    model_dir = Path(model_dir)
     seq = ctc.open_sequence(sequence_dir.parent, sequence_dir.name)
     wanted = seq.frame_ids if frames is None else sorted(set(frames))
     unknown = sorted(set(wanted) - set(seq.frame_ids))
     if unknown:
-        raise ValueError(f"{sequence_dir}: no frames {unknown}")
-    finished = set() if overwrite else _finished_masks(seq, result_dir, Path(model_dir))
+        raise ValueError(f"{sequence_dir}: no frames {unknown}; it has {_span(seq.frame_ids)}")
+    read_pipeline_settings(model_dir)  # a broken model folder fails before anything else
+    _remove_stale_temporaries(result_dir)
+    finished = set() if overwrite else finished_masks(seq, result_dir, model_dir)
     todo = [f for f in wanted if f not in finished]
     summary: dict[str, Any] = {
         "sequence": str(sequence_dir),
@@ -173,7 +198,8 @@ def segment_sequence(
     segmenter = Segmenter(model_dir, backend=backend, batch_size=batch_size, threads=threads)
     result_dir.mkdir(parents=True, exist_ok=True)
     for frame in _progress(todo, progress, desc=f"{seq.name} frames"):
-        image = ctc.read_image(seq.frames[frame])
+        with segmenter._timed("read"):
+            image = ctc.read_image(seq.frames[frame])
         if image.shape != seq.frame_shape:
             raise ctc.CTCFormatError(
                 f"{seq.frames[frame]}: shape {image.shape} differs from the sequence's "
@@ -189,16 +215,37 @@ def segment_sequence(
     return summary
 
 
-def _finished_masks(seq: ctc.Sequence, result_dir: Path, model_dir: Path) -> set[int]:
-    """Frames whose mask exists and was written after the newest file of the model folder."""
+def finished_masks(seq: ctc.Sequence, result_dir: Path, model_dir: Path) -> set[int]:
+    """Frames whose mask exists, has the frame's shape and is newer than every model file."""
     model_files = [p for p in model_dir.iterdir() if p.is_file()] if model_dir.is_dir() else []
     models_time = max((p.stat().st_mtime for p in model_files), default=float("inf"))
     finished = set()
     for frame in seq.frame_ids:
         mask = result_dir / ctc.mask_name(frame, seq.digits)
-        if mask.is_file() and mask.stat().st_mtime >= models_time:
+        if not mask.is_file() or mask.stat().st_mtime < models_time:
+            continue
+        try:
+            shape = ctc.tiff_shape(mask)
+        except ctc.CTCFormatError:
+            log.warning("%s is unreadable: segmenting frame %d again", mask, frame)
+            continue
+        if shape == seq.frame_shape:
             finished.add(frame)
+        else:
+            log.warning("%s has shape %s, not %s: segmenting again", mask, shape, seq.frame_shape)
     return finished
+
+
+def _remove_stale_temporaries(result_dir: Path) -> None:
+    """Delete the temporary files of masks whose writing was interrupted (``.mask*.part``)."""
+    if result_dir.is_dir():
+        for tmp in result_dir.glob(".mask*.part"):
+            log.info("removing %s, left by an interrupted run", tmp)
+            tmp.unlink(missing_ok=True)
+
+
+def _span(ids: list[int]) -> str:
+    return f"frames {ids[0]}..{ids[-1]}" if ids else "no frames"
 
 
 def _progress(items: list, enabled: bool, desc: str):

@@ -144,13 +144,19 @@ def _summary_text(summaries: list[tuple[SubmissionDataset, dict[str, int]]]) -> 
         "configuration as listed) by `snakemake ctc_submission`; their settings are in",
         "models/<dataset>/*.json.",
         "",
-        "Run: `cd ctc_submission && ./<DATASET>-<SEQ>.sh` (see the header of each script).",
+        "Prerequisites: Linux (x86_64), bash, Python 3.11 and the exact packages of",
+        "requirements.txt (`python3.11 -m venv venv && venv/bin/pip install -r requirements.txt`;",
+        "the scripts use ./venv when it exists). An NVIDIA GPU is used when TensorFlow sees one,",
+        "otherwise the CPU (ONNX Runtime / OpenVINO). No internet is needed at run time.",
+        "",
+        "Run: `cd ctc_submission && ./<DATASET>-<SEQ>.sh` (see the header of each script). Each",
+        "reads ../<DATASET>/<SEQ> and writes ../<DATASET>/<SEQ>_RES/mask###.tif (uint16, one per",
+        "frame, the input's digit count): per slice context-aware pseudocolor, the networks,",
+        "watershed per slice, and slices linked in z into one label per 3D cell.",
         "",
         "Model details:",
         "```json",
-        json.dumps(
-            {d.ctc_name: _model_details(Path(d.model_dir)) for d, _ in summaries}, indent=2
-        ),
+        json.dumps({d.ctc_name: _model_details(Path(d.model_dir)) for d, _ in summaries}, indent=2),
         "```",
         "",
     ]

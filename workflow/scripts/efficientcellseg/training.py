@@ -1,25 +1,34 @@
 """Training one EfficientCellSeg network: segmentation (Dice loss) or cell centres (focal loss).
 
 Adam with learning-rate reduction on plateau, the best model kept by validation IoU, early
-stopping and a fixed seed, as in the paper. Every epoch is checkpointed (weights, optimiser,
-epoch) so an interrupted run resumes where it stopped instead of starting over. Writes the
-model with its configuration, a CSV log and a PNG curve of loss and IoU per epoch.
+stopping and a fixed seed, as in the paper. Writes the model with its configuration (JSON
+sidecar), a CSV log and a PNG curve of loss and IoU per epoch.
+
+Every epoch ends with a checkpoint (weights, optimiser state and the state of the schedule:
+learning rate, plateau and early-stopping counters, best score), written atomically after the
+epoch's log line and best model. A run that is interrupted - killed, out of time, a crashed
+node - resumes at the epoch after its last checkpoint when started again with the same settings
+and data, instead of starting over; the augmentation of every epoch depends only on the seed
+and the epoch number, so a resumed run sees the batches an uninterrupted one would have seen.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
 import math
+import os
 import shutil
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .inference import set_tensorflow_threads
 from .model import ModelConfig, build_model, load_model, parameter_counts, save_model
 from .training_data import (
     TASKS,
@@ -34,6 +43,9 @@ from .training_data import (
 log = logging.getLogger(__name__)
 
 MONITOR = "val_iou"
+LOG_COLUMNS = ("epoch", "loss", "iou", "val_loss", "val_iou", "learning_rate", "seconds")
+CHECKPOINT_PREFIX = "epoch-"
+MIN_LOSS_IMPROVEMENT = 1e-4  # smaller val_loss decreases count as a plateau
 
 
 @dataclass(frozen=True)
@@ -51,11 +63,14 @@ class TrainingSettings:
     early_stop_patience: int = 15
     validation_fraction: float = 0.2
     focal_gamma: float = 2.0
+    # Momentum of the moving averages of every BatchNormalization layer while training (Keras'
+    # EfficientNet uses 0.99): the averages, which inference uses, then follow the weights
+    # within ~10 rather than ~100 batches. None keeps the network's own.
+    batchnorm_momentum: float | None = 0.9
     crop: int | None = None  # random square crops (slice pixels) for large, tiled slices
     augmentation: Augmentation = field(default_factory=Augmentation)
-    mixed_precision: str = (
-        "auto"  # auto: float16 on a GPU, float32 on a CPU; or off/float16/bfloat16
-    )
+    # auto: float16 on a GPU, float32 on a CPU; or off/float16/bfloat16
+    mixed_precision: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -65,9 +80,17 @@ class TrainingSettings:
             raise ValueError(
                 f"mixed_precision {self.mixed_precision!r} is not auto/off/float16/bfloat16"
             )
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "reduce_lr_patience", "early_stop_patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
+        if not 0 < self.reduce_lr_factor < 1:
+            raise ValueError(f"reduce_lr_factor must lie in (0, 1), got {self.reduce_lr_factor}")
+        if self.batchnorm_momentum is not None and not 0 < self.batchnorm_momentum < 1:
+            raise ValueError(
+                f"batchnorm_momentum must lie in (0, 1), got {self.batchnorm_momentum}"
+            )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainingSettings:
@@ -101,17 +124,16 @@ def train(
 ) -> dict[str, Any]:
     """Train one network on the stored annotated slices and save the best model.
 
-    Returns the metadata written beside the model (configuration, parameter counts, best epoch
-    and validation IoU, number of samples).
+    Resumes from ``outputs.checkpoint_dir`` when it holds a checkpoint of the same settings
+    and data. Returns the metadata written beside the model (configuration, parameter counts,
+    best epoch and validation IoU, epochs run, number of samples).
     """
     import keras
 
-    from .keras_parts import ThresholdedIoU, dice_loss
-
     if threads:
+        from .inference import set_tensorflow_threads
+
         set_tensorflow_threads(threads)
-    keras.utils.set_random_seed(settings.seed)
-    _set_precision(settings.mixed_precision)
     data = select_training_set(load_annotated_slices(slices_paths), settings.training_set)
     train_index, val_index = validation_split(data, settings.validation_fraction, settings.seed)
     log.info(
@@ -122,22 +144,103 @@ def train(
         settings.training_set,
     )
     size = model_config.input_size
-    val_x, val_y = _validation_arrays(data.subset(val_index), size, settings)
     batches = _TrainingBatches(data.subset(train_index), size, settings)
+    steps = settings.steps_per_epoch or batches.steps_per_pass
+    val_x, val_y = validation_arrays(data.subset(val_index), size, settings)
 
-    checkpoint_dir = outputs.checkpoint_dir
-    best_path = checkpoint_dir / "best.keras"
-    # The log lives beside the checkpoints until the end: a failed job's outputs are deleted by
-    # Snakemake, the checkpoint folder is not, so a resumed run keeps its whole history.
-    running_log = checkpoint_dir / "log.csv"
-    if (checkpoint_dir / "backup").is_dir():
-        previous_best = _best_logged(running_log) if best_path.is_file() else None
-        log.info("resuming from %s (best %s so far: %s)", checkpoint_dir, MONITOR, previous_best)
+    checkpoints = _Checkpoints(outputs.checkpoint_dir, _fingerprint(model_config, settings, data))
+    state = checkpoints.latest_state()
+    keras.utils.set_random_seed(settings.seed)
+    model = _compiled_model(model_config, settings)
+    # Saved models are float32 whatever the training precision: a copy built with the default
+    # policy receives the weights of every new best epoch.
+    export = build_model(model_config, name=settings.task)
+    if state is None:
+        checkpoints.start_over()
+        state = _ScheduleState(learning_rate=settings.learning_rate)
     else:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-        previous_best = None
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    model = build_model(model_config, name=settings.task)
+        checkpoints.restore(model, state)
+        log.info(
+            "resuming at epoch %d from %s (best %s %.4f at epoch %d)",
+            state.epoch + 2,
+            checkpoints.folder,
+            MONITOR,
+            state.best_score,
+            state.best_epoch + 1,
+        )
+    initial_epoch = state.epoch + 1
+    schedule = _Schedule(settings, state, checkpoints, export)
+    if initial_epoch < settings.epochs and not state.stopped:
+        model.fit(
+            batches.as_dataset(first_epoch=initial_epoch, steps_per_epoch=steps),
+            steps_per_epoch=steps,
+            epochs=settings.epochs,
+            initial_epoch=initial_epoch,
+            validation_data=(val_x, val_y),
+            validation_batch_size=settings.batch_size,
+            callbacks=[keras.callbacks.TerminateOnNaN(), schedule.callback(model)],
+            verbose=1 if sys.stderr.isatty() else 0,
+        )
+        if model.stop_training and not state.stopped:
+            raise RuntimeError(
+                f"{settings.task} training diverged (loss became NaN) in epoch "
+                f"{state.epoch + 2}; lower the learning rate ({settings.learning_rate})"
+            )
+    history = read_training_log(checkpoints.log_csv)
+    if not checkpoints.best_model.is_file() or not history:
+        raise RuntimeError(
+            f"training produced no model in {checkpoints.best_model}; see {checkpoints.log_csv}"
+        )
+    best_model = load_model(checkpoints.best_model)
+    best = max(history, key=lambda row: row.get(MONITOR, -math.inf))
+    metadata = {
+        "task": settings.task,
+        "model_config": model_config.to_dict(),
+        "parameters": parameter_counts(best_model, model_config),
+        "training": _jsonable(asdict(settings)),
+        "best_epoch": int(best["epoch"]),
+        "best_val_iou": float(best.get(MONITOR, math.nan)),
+        "epochs_run": len(history),
+        "resumed_at_epoch": initial_epoch or None,
+        "n_train_slices": len(train_index),
+        "n_val_slices": len(val_index),
+        "trained_on": sorted({str(s) for s in data.sequences}),
+        **(description or {}),
+    }
+    save_model(best_model, outputs.model, metadata)
+    outputs.log_csv.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(checkpoints.log_csv, outputs.log_csv)
+    plot_training_curve(outputs.log_csv, outputs.curve_png, title=f"{settings.task} model")
+    shutil.rmtree(checkpoints.folder, ignore_errors=True)
+    log.info(
+        "saved %s (best %s %.4f at epoch %d of %d)",
+        outputs.model,
+        MONITOR,
+        metadata["best_val_iou"],
+        metadata["best_epoch"] + 1,
+        metadata["epochs_run"],
+    )
+    return metadata
+
+
+def _compiled_model(model_config: ModelConfig, settings: TrainingSettings):
+    """The network to train, in the requested precision, compiled with its loss and metric."""
+    import keras
+
+    from .keras_parts import ThresholdedIoU, dice_loss
+
+    policy = precision_policy(settings.mixed_precision)
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(policy)
+    try:  # layers keep the policy they were built with; nothing leaks to later models
+        model = build_model(model_config, name=settings.task)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    log.info("precision policy: %s", policy)
+    if settings.batchnorm_momentum is not None:
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = settings.batchnorm_momentum
     loss = (
         dice_loss
         if settings.task == "segmentation"
@@ -148,82 +251,213 @@ def train(
         loss=loss,
         metrics=[ThresholdedIoU(name="iou")],
     )
-    callbacks = [
-        # BackupAndRestore first: its epoch-end backup is written before the log line.
-        keras.callbacks.BackupAndRestore(str(checkpoint_dir / "backup"), delete_checkpoint=False),
-        keras.callbacks.ModelCheckpoint(
-            str(best_path),
-            monitor=MONITOR,
-            mode="max",
-            save_best_only=True,
-            initial_value_threshold=previous_best,
-        ),
-        keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss",
-            factor=settings.reduce_lr_factor,
-            patience=settings.reduce_lr_patience,
-            min_lr=settings.learning_rate * 1e-3,
-        ),
-        keras.callbacks.EarlyStopping(
-            monitor=MONITOR, mode="max", patience=settings.early_stop_patience
-        ),
-        keras.callbacks.CSVLogger(str(running_log), append=True),
-    ]
-    model.fit(
-        batches.as_dataset(),
-        steps_per_epoch=settings.steps_per_epoch or batches.steps,
-        epochs=settings.epochs,
-        validation_data=(val_x, val_y),
-        validation_batch_size=settings.batch_size,
-        callbacks=callbacks,
-        verbose=1 if sys.stderr.isatty() else 2,
-    )
-    history = read_training_log(running_log)
-    if not best_path.is_file():
-        raise RuntimeError(f"training produced no model in {best_path}; see {running_log}")
-    best_model = load_model(best_path)
-    best_epoch = max(history, key=lambda row: row[MONITOR]) if history else {}
-    metadata = {
-        "task": settings.task,
-        "model_config": model_config.to_dict(),
-        "parameters": parameter_counts(best_model, model_config),
-        "training": _jsonable(asdict(settings)),
-        "best_epoch": int(best_epoch.get("epoch", -1)),
-        "best_val_iou": float(best_epoch.get(MONITOR, math.nan)),
-        "epochs_run": len(history),
-        "n_train_slices": len(train_index),
-        "n_val_slices": len(val_index),
-        "trained_on": sorted({str(s) for s in data.sequences}),
-        **(description or {}),
-    }
-    save_model(best_model, outputs.model, metadata)
-    outputs.log_csv.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(running_log, outputs.log_csv)
-    plot_training_curve(outputs.log_csv, outputs.curve_png, title=f"{settings.task} model")
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    log.info(
-        "saved %s (best %s %.4f at epoch %d)",
-        outputs.model,
-        MONITOR,
-        metadata["best_val_iou"],
-        metadata["best_epoch"],
-    )
-    return metadata
+    return model
 
 
-def _set_precision(mode: str) -> None:
-    import keras
-    import tensorflow as tf
-
+def precision_policy(mode: str) -> str:
+    """Keras dtype policy of a ``mixed_precision`` setting (auto: float16 on a GPU)."""
     if mode == "auto":
+        import tensorflow as tf
+
         mode = "float16" if tf.config.list_physical_devices("GPU") else "off"
-    policy = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}[mode]
-    keras.mixed_precision.set_global_policy(policy)
-    log.info("precision policy: %s", policy)
+    policies = {"off": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+    if mode not in policies:
+        raise ValueError(f"mixed_precision {mode!r} is not auto/off/float16/bfloat16")
+    return policies[mode]
 
 
-def _validation_arrays(data: AnnotatedSlices, size: int, settings: TrainingSettings):
-    rng = np.random.default_rng(settings.seed + 1)  # fixed crops for large slices
+# --- the schedule: best model, learning rate on plateau, early stop, checkpoints -------------
+
+
+@dataclass
+class _ScheduleState:
+    """Everything besides the weights that a resumed run needs (stored in each checkpoint)."""
+
+    learning_rate: float
+    epoch: int = -1  # last finished epoch (0-based)
+    best_score: float = -math.inf  # best validation IoU so far
+    best_epoch: int = -1
+    best_val_loss: float = math.inf  # for the learning-rate plateau
+    plateau_epochs: int = 0
+    stopped: bool = False  # early stopping has ended the run
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            k: (None if isinstance(v, float) and math.isinf(v) else v)
+            for k, v in asdict(self).items()
+        }
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> _ScheduleState:
+        defaults = {"best_score": -math.inf, "best_val_loss": math.inf}
+        return cls(
+            **{k: defaults[k] if v is None and k in defaults else v for k, v in values.items()}
+        )
+
+
+class _Checkpoints:
+    """The checkpoint folder: ``epoch-NNNN/`` (weights + optimiser + state), ``best.keras``,
+    ``log.csv`` and ``run.json`` (the fingerprint of settings and data it belongs to).
+
+    It lives beside the outputs, not among them: Snakemake deletes a failed job's outputs but
+    not this folder, so a rerun of the job resumes.
+    """
+
+    def __init__(self, folder: Path, fingerprint: str):
+        self.folder = Path(folder)
+        self.fingerprint = fingerprint
+        self.best_model = self.folder / "best.keras"
+        self.log_csv = self.folder / "log.csv"
+
+    def _epoch_dirs(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(p for p in self.folder.glob(f"{CHECKPOINT_PREFIX}[0-9]*") if p.is_dir())
+
+    def latest_state(self) -> _ScheduleState | None:
+        """State of the newest complete checkpoint of this run, or None (start over)."""
+        dirs = self._epoch_dirs()
+        if not dirs:
+            return None
+        run_file = self.folder / "run.json"
+        stored = json.loads(run_file.read_text()) if run_file.is_file() else {}
+        if stored.get("fingerprint") != self.fingerprint:
+            log.warning(
+                "%s holds a checkpoint of other settings or data: starting over", self.folder
+            )
+            return None
+        if not self.best_model.is_file():
+            log.warning("%s has no best model: starting over", self.folder)
+            return None
+        return _ScheduleState.from_json(json.loads((dirs[-1] / "state.json").read_text()))
+
+    def start_over(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(parents=True)
+        (self.folder / "run.json").write_text(json.dumps({"fingerprint": self.fingerprint}))
+
+    def restore(self, model, state: _ScheduleState) -> None:
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(self._epoch_dirs()[-1] / "weights.weights.h5")
+        model.optimizer.learning_rate = state.learning_rate
+        # A log line of an epoch whose checkpoint was never written goes: it will be rerun.
+        rows = [r for r in read_training_log(self.log_csv) if r["epoch"] <= state.epoch]
+        _write_log(self.log_csv, rows)
+
+    def save(self, model, state: _ScheduleState) -> None:
+        """Write the checkpoint of ``state.epoch`` atomically, then drop the older ones."""
+        name = f"{CHECKPOINT_PREFIX}{state.epoch:04d}"
+        tmp = self.folder / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        model.save_weights(tmp / "weights.weights.h5")
+        (tmp / "state.json").write_text(json.dumps(state.to_json(), indent=1))
+        target = self.folder / name
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+        for old in self._epoch_dirs():
+            if old != target:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def save_best(self, export_model) -> None:
+        tmp = self.folder / ".best.tmp.keras"
+        export_model.save(tmp)
+        os.replace(tmp, self.best_model)
+
+
+class _Schedule:
+    """What happens after each epoch: log line, best model, learning rate on plateau, early
+    stop and, last, the checkpoint (so a checkpoint never claims an epoch whose log line or best
+    model is missing)."""
+
+    def __init__(self, settings, state, checkpoints: _Checkpoints, export_model):
+        self.settings = settings
+        self.state = state
+        self.checkpoints = checkpoints
+        self.export_model = export_model
+        self.min_lr = settings.learning_rate * 1e-3
+        self._started = time.perf_counter()
+
+    def callback(self, model):
+        import keras
+
+        return keras.callbacks.LambdaCallback(
+            on_epoch_begin=lambda epoch, logs: self._begin(),
+            on_epoch_end=lambda epoch, logs: self.end_epoch(model, epoch, logs or {}),
+        )
+
+    def _begin(self) -> None:
+        self._started = time.perf_counter()
+
+    def end_epoch(self, model, epoch: int, logs: dict[str, float]) -> None:
+        s, settings = self.state, self.settings
+        if not math.isfinite(float(logs.get("loss", math.nan))):
+            return  # TerminateOnNaN stops the run; no log line or checkpoint of broken weights
+        s.epoch = epoch
+        score, val_loss = float(logs.get(MONITOR, math.nan)), float(logs["val_loss"])
+        row = {
+            "epoch": epoch,
+            "loss": float(logs["loss"]),
+            "iou": float(logs.get("iou", math.nan)),
+            "val_loss": val_loss,
+            "val_iou": score,
+            "learning_rate": s.learning_rate,
+            "seconds": round(time.perf_counter() - self._started, 3),
+        }
+        _append_log(self.checkpoints.log_csv, row)
+        note = ""
+        if score > s.best_score:
+            s.best_score, s.best_epoch = score, epoch
+            self.export_model.set_weights(model.get_weights())
+            self.checkpoints.save_best(self.export_model)
+            note = " (best)"
+        if val_loss < s.best_val_loss - MIN_LOSS_IMPROVEMENT:
+            s.best_val_loss, s.plateau_epochs = val_loss, 0
+        else:
+            s.plateau_epochs += 1
+            if s.plateau_epochs >= settings.reduce_lr_patience and s.learning_rate > self.min_lr:
+                s.learning_rate = max(self.min_lr, s.learning_rate * settings.reduce_lr_factor)
+                model.optimizer.learning_rate = s.learning_rate
+                s.plateau_epochs = 0
+                note += f", learning rate now {s.learning_rate:.3g}"
+        if epoch - s.best_epoch >= settings.early_stop_patience:
+            s.stopped = True
+            model.stop_training = True
+            note += f", early stop: no better {MONITOR} for {epoch - s.best_epoch} epochs"
+        self.checkpoints.save(model, s)
+        log.info(
+            "epoch %d/%d: loss %.4f iou %.4f val_loss %.4f %s %.4f, %.1f s%s",
+            epoch + 1,
+            settings.epochs,
+            row["loss"],
+            row["iou"],
+            val_loss,
+            MONITOR,
+            score,
+            row["seconds"],
+            note,
+        )
+
+
+def _fingerprint(model_config: ModelConfig, settings: TrainingSettings, data) -> str:
+    """Identity of a run: settings (the epoch budget aside), model and the training slices."""
+    values = _jsonable({**asdict(settings), "epochs": None})
+    digest = hashlib.sha256(
+        json.dumps([model_config.to_dict(), values], sort_keys=True, default=str).encode()
+    )
+    for name in ("sequences", "frames", "slices", "sources"):
+        digest.update(np.ascontiguousarray(getattr(data, name)).astype(str).tobytes())
+    digest.update(str(data.images.shape).encode())
+    digest.update(np.ascontiguousarray(data.labels[:, ::7, ::7]).tobytes())
+    return digest.hexdigest()
+
+
+# --- samples ----------------------------------------------------------------------------------
+
+
+def validation_arrays(data: AnnotatedSlices, size: int, settings: TrainingSettings):
+    """Validation inputs and targets (no augmentation; fixed crops for large slices)."""
+    rng = np.random.default_rng([settings.seed, 1])
     pairs = [
         prepare_sample(image, labels, size=size, task=settings.task, crop=settings.crop, rng=rng)
         for image, labels in zip(data.images, data.labels, strict=True)
@@ -232,24 +466,34 @@ def _validation_arrays(data: AnnotatedSlices, size: int, settings: TrainingSetti
 
 
 class _TrainingBatches:
-    """Endless augmented batches, fed through tf.data so augmentation overlaps training."""
+    """Endless augmented batches, fed through tf.data so augmentation overlaps training.
+
+    The batches of epoch ``e`` are drawn from a generator seeded with (seed, e): the same in an
+    uninterrupted and in a resumed run.
+    """
 
     def __init__(self, data: AnnotatedSlices, size: int, settings: TrainingSettings):
         self.data = data
         self.size = size
         self.settings = settings
-        self.steps = max(1, math.ceil(len(data) / settings.batch_size))
+        self.steps_per_pass = max(1, math.ceil(len(data) / settings.batch_size))
 
-    def batches(self):
-        rng = np.random.default_rng(self.settings.seed)
+    def batches(self, first_epoch: int, steps_per_epoch: int):
         batch = self.settings.batch_size
+        epoch = first_epoch
         while True:
-            order = rng.permutation(len(self.data))
-            for start in range(0, len(order), batch):
-                # the last batch of an epoch is topped up by repeating its samples
-                index = np.resize(order[start : start + batch], batch)
+            rng = np.random.default_rng([self.settings.seed, epoch])
+            order = np.concatenate(
+                [
+                    rng.permutation(len(self.data))
+                    for _ in range(math.ceil(steps_per_epoch * batch / len(self.data)))
+                ]
+            )
+            for step in range(steps_per_epoch):
+                index = order[step * batch : (step + 1) * batch]
                 pairs = [self._sample(i, rng) for i in index]
                 yield np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+            epoch += 1
 
     def _sample(self, i: int, rng: np.random.Generator):
         return prepare_sample(
@@ -262,17 +506,41 @@ class _TrainingBatches:
             rng=rng,
         )
 
-    def as_dataset(self):
+    def as_dataset(self, first_epoch: int, steps_per_epoch: int):
         import tensorflow as tf
 
         spec = tf.TensorSpec((self.settings.batch_size, self.size, self.size, 3), tf.float32)
         target = tf.TensorSpec((self.settings.batch_size, self.size, self.size, 1), tf.float32)
-        dataset = tf.data.Dataset.from_generator(self.batches, output_signature=(spec, target))
+        dataset = tf.data.Dataset.from_generator(
+            lambda: self.batches(first_epoch, steps_per_epoch), output_signature=(spec, target)
+        )
         return dataset.prefetch(2)
 
 
+# --- the log and the curve -------------------------------------------------------------------
+
+
+def _append_log(path: Path, row: dict[str, float]) -> None:
+    new = not path.is_file()
+    with path.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _write_log(path: Path, rows: list[dict[str, float]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "epoch": int(row["epoch"])})
+    os.replace(tmp, path)
+
+
 def read_training_log(path: str | Path) -> list[dict[str, float]]:
-    """Rows of the CSV log, one per epoch (the last entry wins if a resumed run repeated one)."""
+    """Rows of the CSV log, one per epoch (the last entry wins if an epoch appears twice)."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -282,12 +550,6 @@ def read_training_log(path: str | Path) -> list[dict[str, float]]:
             values = {k: float(v) for k, v in row.items() if v not in ("", None)}
             rows[int(values["epoch"])] = values
     return [rows[e] for e in sorted(rows)]
-
-
-def _best_logged(path: Path) -> float | None:
-    history = read_training_log(path)
-    scores = [row[MONITOR] for row in history if MONITOR in row]
-    return max(scores) if scores else None
 
 
 def plot_training_curve(log_csv: str | Path, png: str | Path, *, title: str = "") -> None:

@@ -2,8 +2,9 @@
 
 The CNN works on 2D slices. Every annotated slice of a sequence becomes one sample: the
 pseudocolor of that slice (computed from the whole stack, so it carries its z-context) and the
-instance labels of the annotation. Full 3D annotations give one sample per slice, per-slice
-annotations (``man_seg_TTT_ZZZ.tif``) one sample each, 2D frames one sample per frame.
+instance labels of the annotation. Full 3D annotations give one sample per slice holding cells
+(plus some empty ones, see ``EMPTY_SLICE_STRIDE``), per-slice annotations
+(``man_seg_TTT_ZZZ.tif``) one sample each, 2D frames one sample per frame.
 
 Samples of one sequence are stored in one ``.npz`` (pseudocolor as float16) by the workflow's
 pseudocolor rule; training picks the CTC training configuration GT, ST or GT+ST from it.
@@ -29,7 +30,10 @@ log = logging.getLogger(__name__)
 
 TRAINING_SETS = ("GT", "ST", "GT+ST")
 TASKS = ("segmentation", "centres")
-EMPTY_SLICE_STRIDE = 4  # of slices without objects in full 3D annotations, keep every 4th
+# Of the slices without objects in full 3D annotations keep every 4th, and always the first and
+# the last slice of the stack: their pseudocolor lacks one neighbour's context, and an empty
+# one is noise stretched to [0, 1] by the normalisation, which a network must learn to ignore.
+EMPTY_SLICE_STRIDE = 4
 
 
 @dataclass
@@ -42,6 +46,9 @@ class AnnotatedSlices:
     frames: np.ndarray  # (N,) frame numbers
     slices: np.ndarray  # (N,) slice index, -1 for 2D frames
     sources: np.ndarray  # (N,) "GT" or "ST"
+    # (N,) True when the slice comes from an annotation of the whole frame (2D or 3D), False
+    # for a per-slice annotation (``man_seg_TTT_ZZZ.tif``)
+    whole_frame: np.ndarray
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -73,17 +80,18 @@ def collect_annotated_slices(
             by_frame[ann.frame].append((source, ann))
     if not by_frame:
         raise ValueError(f"{seq.path}: no {'/'.join(sources)} segmentation annotations to train on")
-    images, labels, frames, slices, kinds = [], [], [], [], []
+    images, labels, frames, slices, kinds, whole = [], [], [], [], [], []
     for frame, frame_annotations in sorted(by_frame.items()):
         colour = pseudocolor_frame(ctc.read_image(seq.frames[frame])).astype(np.float16)
         for source, ann in frame_annotations:
             mask = ctc.read_annotation(ann, seq.frame_shape)
             for z, colour_slice, label_slice in _annotated_slices(colour, mask, ann, seq.ndim):
                 images.append(colour_slice)
-                labels.append(label_slice.astype(np.uint16))
+                labels.append(_as_uint16(label_slice, ann))
                 frames.append(frame)
                 slices.append(z)
                 kinds.append(source)
+                whole.append(not ann.is_slice)
     log.info("%s: %d annotated slices from %d frames", seq.path, len(frames), len(by_frame))
     return AnnotatedSlices(
         images=np.stack(images),
@@ -92,7 +100,20 @@ def collect_annotated_slices(
         frames=np.array(frames),
         slices=np.array(slices),
         sources=np.array(kinds),
+        whole_frame=np.array(whole, dtype=bool),
     )
+
+
+def _as_uint16(labels: np.ndarray, ann: ctc.SegAnnotation) -> np.ndarray:
+    """Labels as uint16; a slice with more objects than that is relabelled 1..n (2D only)."""
+    if labels.max(initial=0) <= np.iinfo(np.uint16).max:
+        return labels.astype(np.uint16)
+    unique, inverse = np.unique(labels, return_inverse=True)
+    if unique[0] != 0:
+        inverse += 1
+    if inverse.max() > np.iinfo(np.uint16).max:
+        raise ValueError(f"{ann.path}: more than 65535 objects in one slice")
+    return inverse.reshape(labels.shape).astype(np.uint16)
 
 
 def _annotated_slices(colour: np.ndarray, mask: np.ndarray, ann: ctc.SegAnnotation, ndim: int):
@@ -101,8 +122,9 @@ def _annotated_slices(colour: np.ndarray, mask: np.ndarray, ann: ctc.SegAnnotati
     elif ann.is_slice:
         yield ann.slice, colour[ann.slice], mask
     else:
+        last = mask.shape[0] - 1
         for z in range(mask.shape[0]):
-            if mask[z].any() or z % EMPTY_SLICE_STRIDE == 0:
+            if mask[z].any() or z % EMPTY_SLICE_STRIDE == 0 or z == last:
                 yield z, colour[z], mask[z]
 
 
@@ -121,9 +143,16 @@ def save_annotated_slices(path: str | Path, data: AnnotatedSlices) -> None:
 
 
 def load_annotated_slices(paths: list[str | Path]) -> AnnotatedSlices:
+    """Read and concatenate stored slices (of one or more sequences)."""
     parts = []
     for path in paths:
         with np.load(path, allow_pickle=False) as stored:
+            missing = sorted(set(AnnotatedSlices.__dataclass_fields__) - set(stored.files))
+            if missing:
+                raise ValueError(
+                    f"{path}: stored slices lack {missing} (written by an older version); "
+                    "delete the file and pseudocolor the sequence again"
+                )
             parts.append(
                 AnnotatedSlices(**{k: stored[k] for k in AnnotatedSlices.__dataclass_fields__})
             )
@@ -131,31 +160,32 @@ def load_annotated_slices(paths: list[str | Path]) -> AnnotatedSlices:
 
 
 def select_training_set(data: AnnotatedSlices, training_set: str) -> AnnotatedSlices:
-    """Slices of a CTC training configuration; with GT+ST, gold truth wins where both exist."""
+    """Slices of a CTC training configuration: ``GT``, ``ST`` or ``GT+ST``.
+
+    With GT+ST, gold truth wins where both exist: a frame with a whole-frame gold annotation
+    takes no silver slice at all (the gold one says what every slice holds, including empty
+    ones), and a per-slice gold annotation replaces the silver truth of that slice only.
+    """
     if training_set not in TRAINING_SETS:
         raise ValueError(f"training set {training_set!r} is not one of {TRAINING_SETS}")
     if training_set in ("GT", "ST"):
         keep = data.sources == training_set
     else:
-        gold = {
-            key for key, src in zip(_slice_keys(data), data.sources, strict=True) if src == "GT"
-        }
-        keep = np.array(
-            [
-                src == "GT" or key not in gold
-                for key, src in zip(_slice_keys(data), data.sources, strict=True)
-            ],
-            dtype=bool,
+        frames = zip(data.sequences.tolist(), data.frames.tolist(), strict=True)
+        keys = [(*frame, z) for frame, z in zip(frames, data.slices.tolist(), strict=True)]
+        gold = data.sources == "GT"
+        whole_gold = gold & data.whole_frame
+        gold_frames = {key[:2] for key, g in zip(keys, whole_gold, strict=True) if g}
+        gold_slices = {key for key, g in zip(keys, gold, strict=True) if g}
+        keep = gold | np.array(
+            [key[:2] not in gold_frames and key not in gold_slices for key in keys], dtype=bool
         )
     if not keep.any():
-        raise ValueError(f"no {training_set} annotations among the training slices")
+        raise ValueError(
+            f"no {training_set} annotations among the training slices "
+            f"(sources present: {sorted(set(data.sources.tolist()))})"
+        )
     return data.subset(keep)
-
-
-def _slice_keys(data: AnnotatedSlices) -> list[tuple]:
-    return list(
-        zip(data.sequences.tolist(), data.frames.tolist(), data.slices.tolist(), strict=True)
-    )
 
 
 def validation_split(

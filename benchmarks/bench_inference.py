@@ -1,0 +1,337 @@
+"""Inference speed and memory: whole stacks end to end per backend; a TRIC frame's peak RSS.
+
+Modes (all print figures; nothing is asserted):
+
+``stack`` (default)
+    A synthetic 30 x 512 x 512 uint16 stack (the size of Fluo-C3DL-MDA231 frames) goes end to
+    end through the MDA231 pipeline: read, pseudocolor, segmentation AND centre networks (the
+    paper configuration, random weights: timing does not depend on them), centre-marker
+    watershed, z-linking, writing the mask. Per backend (keras, onnx, openvino): the median
+    seconds per stack over the repeats (backends interleaved, so load from other processes hits
+    all of them alike), the ratio to keras, and the median split per stage.
+``sweep``
+    The paper segmentation network alone on 512 x 512 slices: milliseconds per slice for batch
+    sizes, threads, streams (slices computed at once), ONNX Runtime thread spinning, and, for
+    comparison only, OpenVINO in bf16 (not used: it changes probabilities by up to ~0.1). What
+    the library's defaults (inference.DEFAULT_BATCH_SIZE, DEFAULT_STREAMS, CPU_PREFERENCE) are
+    chosen from.
+``tric``
+    Peak resident memory of one 13 x 1745 x 2440 uint16 frame (Fluo-N3DL-TRIC) through the
+    tiled path (1024-pixel tiles, overlap 128, distance watershed), measured in a child process:
+    the high-water mark is reset (Linux /proc/self/clear_refs) after the models are loaded, so
+    the figure is what the frame itself costs on top of them.
+
+Model folders are built once and kept in .cache/bench_models/ (the paper networks take about a
+minute to build and export).
+
+Usage: .venv/bin/python benchmarks/bench_inference.py [--mode stack|sweep|tric] [--repeats 5]
+       [--frames 2] [--backends keras onnx openvino] [--model paper|tiny (tric)]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from efficientcellseg import ctc, inference
+from efficientcellseg.inference import TileSettings, open_predictor
+from efficientcellseg.postprocess import PostprocessSettings
+from efficientcellseg.segment import PipelineSettings, Segmenter, write_pipeline_settings
+from efficientcellseg.synthetic import SyntheticSpec, generate_sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE_DIR = ROOT / ".cache" / "bench_models"
+BACKENDS = ("keras", "onnx", "openvino")
+MDA231 = PipelineSettings(PostprocessSettings("centres", min_area=20, min_volume=60, foi_border=25))
+TRIC = PipelineSettings(
+    PostprocessSettings("distance", min_area=10, min_volume=20), TileSettings(1024, overlap=128)
+)
+STACK_SHAPE = (30, 512, 512)
+TRIC_SHAPE = (13, 1745, 2440)
+
+
+# --- model folders and data -----------------------------------------------------------------
+
+
+def model_folder(
+    preset: str, tasks: tuple[str, ...], settings: PipelineSettings, name: str
+) -> Path:
+    """A model folder of ``preset`` networks (random weights), built and exported once."""
+    from efficientcellseg.model import build_model, resolve_config, save_model
+
+    config = dataclasses.replace(resolve_config(preset), encoder_weights=None)
+    networks = CACHE_DIR / preset
+    for task in tasks:
+        path = networks / f"{task}.keras"
+        if not inference.onnx_path(path).is_file():
+            print(f"building and exporting the {preset} {task} network ...", flush=True)
+            save_model(build_model(config), path, {"config": config.to_dict(), "task": task})
+            inference.export_onnx(path)
+    folder = CACHE_DIR / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for task in tasks:
+        for suffix in (".keras", ".json", ".onnx"):
+            source = networks / f"{task}{suffix}"
+            target = folder / source.name
+            if not target.is_file() or target.stat().st_mtime < source.stat().st_mtime:
+                shutil.copy2(source, target)
+    write_pipeline_settings(folder, settings)
+    return folder
+
+
+def synthetic_stacks(shape: tuple[int, int, int], frames: int, objects: int) -> np.ndarray:
+    """Frames (T, Z, Y, X) uint16 of synthetic nuclei, MDA231-like in size."""
+    spec = SyntheticSpec(
+        seed=0,
+        n_frames=frames,
+        depth=shape[0],
+        height=shape[1],
+        width=shape[2],
+        n_objects=objects,
+        radius_xy=(10.0, 20.0),
+        radius_z=(2.0, 4.0),
+    )
+    return generate_sequence(spec, 0)["images"]
+
+
+def write_sequence(root: Path, images: np.ndarray) -> Path:
+    seq_dir = root / "01"
+    for frame, image in enumerate(images):
+        ctc.write_tiff(seq_dir / ctc.frame_name(frame, 3), image)
+    return seq_dir
+
+
+# --- stack mode -----------------------------------------------------------------------------
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads) so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def time_stack(segmenter: Segmenter, frame_path: Path, mask_path: Path) -> dict[str, float]:
+    """Seconds of every stage for one stack, end to end (read to written mask), and CPU time."""
+    segmenter.timings.clear()
+    cpu = cpu_seconds()
+    start = time.perf_counter()
+    with segmenter._timed("read"):
+        image = ctc.read_image(frame_path)
+    labels = segmenter.segment(image)
+    with segmenter._timed("write"):
+        ctc.write_labels(mask_path, labels)
+    stages = dict(segmenter.timings)
+    stages["total"] = time.perf_counter() - start
+    stages["cpu"] = cpu_seconds() - cpu
+    stages["objects"] = int(labels.max())
+    return stages
+
+
+def stack_mode(args: argparse.Namespace) -> None:
+    folder = model_folder("paper", ("segmentation", "centres"), MDA231, "paper-MDA231")
+    with tempfile.TemporaryDirectory() as tmp:
+        seq_dir = write_sequence(Path(tmp), synthetic_stacks(STACK_SHAPE, args.frames, 40))
+        frames = sorted(seq_dir.glob("t*.tif"))
+        segmenters = {}
+        for backend in args.backends:
+            start = time.perf_counter()
+            segmenters[backend] = Segmenter(folder, backend=backend, batch_size=args.batch_size)
+            print(f"{backend:9s} models opened in {time.perf_counter() - start:5.1f} s")
+        results: dict[str, list[dict[str, float]]] = {b: [] for b in args.backends}
+        for repeat in range(args.repeats + 1):  # round 0 warms up and is not counted
+            for backend, segmenter in segmenters.items():
+                for frame in frames:
+                    stages = time_stack(segmenter, frame, Path(tmp) / f"{backend}.tif")
+                    if repeat:
+                        results[backend].append(stages)
+        print(
+            f"\n{STACK_SHAPE[0]}x{STACK_SHAPE[1]}x{STACK_SHAPE[2]} uint16 stack, paper "
+            f"segmentation + centre networks, batch {args.batch_size}, "
+            f"{inference.available_cores()} cores, load {os.getloadavg()[0]:.1f}; "
+            f"median of {args.repeats} x {args.frames} stacks (CPU: all threads' time, which on "
+            "cores shared with other processes is a steadier figure than wall time)"
+        )
+        keras_median = statistics.median(r["total"] for r in results.get("keras", [{"total": 0}]))
+        for backend, rows in results.items():
+            total = statistics.median(r["total"] for r in rows)
+            ratio = f"  ({total / keras_median:4.2f} x keras)" if keras_median else ""
+            fastest = min(r["total"] for r in rows)
+            cpu = statistics.median(r["cpu"] for r in rows)
+            print(
+                f"  {backend:9s} {total:6.2f} s per stack (min {fastest:.2f}){ratio}, "
+                f"CPU {cpu:.2f} s"
+            )
+            stages = [s for s in rows[0] if s not in ("total", "cpu", "objects")]
+            split = "  ".join(f"{s} {statistics.median(r[s] for r in rows):5.2f}" for s in stages)
+            print(f"      {split}   ({rows[0]['objects']} objects)")
+
+
+# --- sweep mode -----------------------------------------------------------------------------
+
+
+def sweep_candidates(model: Path, cores: int) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """Network-only predictors: the library's, and variants of the settings that matter."""
+    import openvino as ov
+
+    candidates = {}
+    threads = sorted({1, cores})
+    # TensorFlow takes its thread count once per process: only the default is measured
+    candidates[f"keras threads={cores}"] = open_predictor(model, "keras", threads=cores)[0]
+    for n in threads:
+        for streams in sorted({1, n}):
+            candidates[f"onnx threads={n} streams={streams}"] = open_predictor(
+                model, "onnx", threads=n, streams=streams
+            )[0]
+    session = inference.onnxruntime_session(inference.onnx_path(model), cores, spinning=True)
+    name = session.get_inputs()[0].name
+    candidates[f"onnx threads={cores} spinning"] = lambda b: session.run(None, {name: b})[0][..., 0]
+    for n in threads:
+        for streams in sorted({1, n}):
+            candidates[f"openvino threads={n} streams={streams}"] = open_predictor(
+                model, "openvino", threads=n, streams=streams
+            )[0]
+    bf16 = ov.Core().compile_model(
+        str(inference.onnx_path(model)),
+        "CPU",
+        {**inference.openvino_config("CPU", cores), "INFERENCE_PRECISION_HINT": "bf16"},
+    )
+    request = bf16.create_infer_request()
+    candidates["openvino bf16 (not used)"] = lambda b: np.array(request.infer({0: b})[0])[..., 0]
+    return candidates
+
+
+def tf_predict_baseline(model_path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    from efficientcellseg.model import load_model
+
+    model = load_model(model_path)
+    return lambda b: model.predict(b, verbose=0, batch_size=len(b))[..., 0]
+
+
+def sweep_mode(args: argparse.Namespace) -> None:
+    folder = model_folder("paper", ("segmentation",), MDA231, "paper-segmentation")
+    model = folder / "segmentation.keras"
+    cores = inference.available_cores()
+    candidates = sweep_candidates(model, cores)
+    candidates["keras model.predict"] = tf_predict_baseline(model)
+    rng = np.random.default_rng(0)
+    images = rng.random((max(args.sweep_batches), *STACK_SHAPE[1:], 3), dtype=np.float32)
+    reference = candidates[f"keras threads={cores}"](images[:2])
+    timings: dict[tuple[str, int], list[float]] = {}
+    cpu_times: dict[str, list[float]] = {}
+    for _ in range(args.repeats + 1):
+        for label, predict in candidates.items():
+            for batch in args.sweep_batches:
+                cpu = cpu_seconds()
+                start = time.perf_counter()
+                predict(images[:batch])
+                seconds = (time.perf_counter() - start) / batch
+                timings.setdefault((label, batch), []).append(seconds)
+                cpu_times.setdefault(label, []).append((cpu_seconds() - cpu) / batch)
+    print(
+        f"\npaper segmentation network, {STACK_SHAPE[1]}x{STACK_SHAPE[2]} slices, {cores} cores, "
+        f"load {os.getloadavg()[0]:.1f}: median (and min) ms per slice over {args.repeats} "
+        "rounds; CPU: median CPU ms per slice, all threads"
+    )
+    header = "".join(f"  batch {b:<3d} (min)" for b in args.sweep_batches)
+    print(f"  {'':36s}{header}   CPU ms  max|diff|")
+    for label, predict in candidates.items():
+        cells = "".join(
+            f"  {statistics.median(timings[label, b][1:]) * 1e3:5.0f}"
+            f" ({min(timings[label, b][1:]) * 1e3:5.0f})"
+            for b in args.sweep_batches
+        )
+        cpu = statistics.median(cpu_times[label][len(args.sweep_batches) :]) * 1e3
+        difference = float(np.abs(predict(images[:2]) - reference).max())
+        print(f"  {label:36s}{cells}  {cpu:7.0f}  {difference:.1e}")
+
+
+# --- tric mode ------------------------------------------------------------------------------
+
+
+def tric_mode(args: argparse.Namespace) -> None:
+    preset = args.model
+    folder = model_folder(preset, ("segmentation",), TRIC, f"{preset}-TRIC")
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"making a {TRIC_SHAPE} uint16 frame ...", flush=True)
+        seq_dir = write_sequence(Path(tmp) / "TRIC", synthetic_stacks(TRIC_SHAPE, 1, 1500))
+        for backend in args.backends:
+            command = [sys.executable, __file__, "--tric-child", str(seq_dir / "t000.tif"),
+                       str(Path(tmp) / f"mask_{backend}.tif"), str(folder), backend]  # fmt: skip
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            report = json.loads(output.strip().splitlines()[-1])
+            print(
+                f"  {backend:9s} {preset} network, 6 tiles of 1024 px per slice: "
+                f"{report['seconds']:6.1f} s per frame, {report['objects']} objects\n"
+                f"      peak RSS {report['peak_mb']:6.0f} MB in all, of which the frame "
+                f"{report['frame_peak_mb']:6.0f} MB above the {report['setup_mb']:.0f} MB after "
+                f"loading (input {report['input_mb']:.0f} MB)"
+            )
+            print(f"      stages: {report['stages']}")
+
+
+def read_status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def tric_child(frame_path: str, mask_path: str, folder: str, backend: str) -> None:
+    """Segment one frame; print JSON with the peak RSS of the frame alone and in all."""
+    segmenter = Segmenter(folder, backend=backend, batch_size=inference.DEFAULT_BATCH_SIZE)
+    segmenter.segment(np.zeros((3, 256, 256), np.uint16))  # warm up every stage
+    segmenter.timings.clear()
+    setup_mb = read_status_mb("VmRSS")
+    setup_peak_mb = read_status_mb("VmHWM")  # (ru_maxrss would include the parent's, from fork)
+    Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark (VmHWM)
+    start = time.perf_counter()
+    image = ctc.read_image(frame_path)
+    labels = segmenter.segment(image)
+    ctc.write_labels(mask_path, labels)
+    seconds = time.perf_counter() - start
+    frame_peak_mb = read_status_mb("VmHWM")
+    report = {
+        "seconds": seconds,
+        "objects": int(labels.max()),
+        "setup_mb": setup_mb,
+        "frame_peak_mb": frame_peak_mb - setup_mb,
+        "peak_mb": max(setup_peak_mb, frame_peak_mb),
+        "input_mb": image.nbytes / 2**20,
+        "stages": {k: round(v, 2) for k, v in segmenter.timings.items()},
+    }
+    print(json.dumps(report))
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--tric-child":
+        tric_child(*sys.argv[2:6])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=["stack", "sweep", "tric"], default="stack")
+    parser.add_argument("--tric", action="store_const", const="tric", dest="mode")
+    parser.add_argument("--sweep", action="store_const", const="sweep", dest="mode")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median)")
+    parser.add_argument("--frames", type=int, default=2, help="stacks per round (stack mode)")
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    parser.add_argument("--batch-size", type=int, default=inference.DEFAULT_BATCH_SIZE)
+    parser.add_argument("--sweep-batches", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--model", choices=["tiny", "paper"], default="tiny", help="tric mode")
+    args = parser.parse_args()
+    {"stack": stack_mode, "sweep": sweep_mode, "tric": tric_mode}[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()

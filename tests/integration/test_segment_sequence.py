@@ -1,0 +1,239 @@
+"""From a CTC sequence folder to result masks: ``efficientcellseg predict`` and segment_sequence.
+
+The model folders come from the ``tiny_model_folder`` fixture: tiny networks that threshold the
+current slice, so the masks are a real (if modest) segmentation of the synthetic nuclei, scored
+here with the CTC SEG measure against the synthetic gold truth.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from efficientcellseg import ctc
+from efficientcellseg.cli import main
+from efficientcellseg.inference import choose_backend
+from efficientcellseg.metrics import seg_frame
+from efficientcellseg.segment import Segmenter, segment_sequence
+from efficientcellseg.synthetic import SyntheticSpec, write_synthetic_dataset
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory) -> Path:
+    """One synthetic sequence of 3 frames (8 x 128 x 128) as uint8, for the resuming logic: uint8
+    pseudocolors fast (CLAHE of uint16 builds a 65536-bin table per tile and slice)."""
+    path = tmp_path_factory.mktemp("small") / "Small-3D"
+    write_synthetic_dataset(
+        path, SyntheticSpec(seed=1, n_sequences=1, n_frames=3, depth=8, n_objects=6)
+    )
+    for frame in (path / "01").glob("t*.tif"):
+        image = tifffile.imread(frame)
+        ctc.write_tiff(frame, (image // (image.max() // 255 + 1)).astype(np.uint8))
+    return path
+
+
+def sequence_seg(dataset: Path, sequence: str, result_dir: Path, frames=None) -> float:
+    """CTC SEG over the gold-truth annotations (full frames and single slices) of a sequence,
+    or of some of its frames."""
+    seq = ctc.open_sequence(dataset, sequence)
+    jaccards = []
+    for ann in seq.annotations("GT"):
+        if frames is not None and ann.frame not in frames:
+            continue
+        result = ctc.read_labels(result_dir / ctc.mask_name(ann.frame, seq.digits))
+        if ann.is_slice:
+            result = result[ann.slice]
+        reference = ctc.read_annotation(ann, seq.frame_shape)
+        jaccards += [row.jaccard for row in seg_frame(reference, result)]
+    return math.fsum(jaccards) / len(jaccards)
+
+
+def assert_ctc_masks(seq_dir: Path, result_dir: Path) -> list[np.ndarray]:
+    """One uint16 mask per frame, named with the frames' digit count, of the frame's shape,
+    labels 1..N."""
+    seq = ctc.open_sequence(seq_dir.parent, seq_dir.name)
+    names = sorted(p.name for p in result_dir.iterdir())
+    assert names == [ctc.mask_name(f, seq.digits) for f in seq.frame_ids]
+    masks = []
+    for frame in seq.frame_ids:
+        mask = tifffile.imread(result_dir / ctc.mask_name(frame, seq.digits))
+        assert mask.dtype == np.uint16 and mask.shape == seq.frame_shape
+        np.testing.assert_array_equal(np.unique(mask)[1:], np.arange(1, mask.max() + 1))
+        assert mask.max() > 0
+        masks.append(mask)
+    return masks
+
+
+def test_predict_command_segments_every_frame(
+    synthetic_dataset, tiny_model_folder, tmp_path, capsys
+) -> None:
+    result_dir = tmp_path / "01_RES"
+    code = main(
+        ["predict", "--models", str(tiny_model_folder("distance")),
+         str(synthetic_dataset / "01"), str(result_dir)]
+    )  # fmt: skip
+    assert code == 0
+    assert f"wrote 4 masks to {result_dir}" in capsys.readouterr().out
+    assert_ctc_masks(synthetic_dataset / "01", result_dir)
+    assert sequence_seg(synthetic_dataset, "01", result_dir) >= 0.65
+
+
+def test_centres_kind_uses_both_networks(synthetic_dataset, tiny_model_folder, tmp_path) -> None:
+    folder = tiny_model_folder("centres")
+    gold = ctc.open_sequence(synthetic_dataset, "02").gt_seg
+    annotated = sorted({ann.frame for ann in gold if not ann.is_slice})  # full 3D gold truth
+    assert 0 < len(annotated) < 4
+    summary = segment_sequence(
+        synthetic_dataset / "02", tmp_path / "02_RES", folder, frames=annotated
+    )
+    auto = choose_backend(folder / "segmentation.keras")
+    assert summary["backends"] == {"segmentation": auto, "centres": auto}
+    assert summary["written"] == annotated
+    assert set(summary["seconds"]) == {
+        "read", "pseudocolor", "segmentation", "centres", "postprocess", "write"
+    }  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "02_RES").iterdir()) == [
+        f"mask{frame:03d}.tif" for frame in annotated
+    ]
+    assert sequence_seg(synthetic_dataset, "02", tmp_path / "02_RES", annotated) >= 0.45
+
+
+def test_backends_give_the_same_masks(small_dataset, tiny_model_folder) -> None:
+    frame = ctc.read_image(small_dataset / "01" / "t001.tif")
+    folder = tiny_model_folder("centres")
+    masks = {b: Segmenter(folder, backend=b).segment(frame) for b in ("keras", "onnx", "openvino")}
+    for backend in ("onnx", "openvino"):
+        # maps agree to ~1e-5, so at most a pixel flips at a threshold
+        assert (masks[backend] != masks["keras"]).sum() <= 5
+        assert masks[backend].max() == masks["keras"].max()
+
+
+def test_an_interrupted_run_finishes_only_the_missing_frames(
+    small_dataset, tiny_model_folder, tmp_path
+) -> None:
+    folder = tiny_model_folder("distance")
+    seq_dir = small_dataset / "01"
+    result_dir = tmp_path / "01_RES"
+    first = segment_sequence(seq_dir, result_dir, folder, frames=[0, 2])
+    assert first["written"] == [0, 2] and first["skipped"] == []
+    finished = {f: (result_dir / f"mask00{f}.tif").stat().st_mtime_ns for f in (0, 2)}
+    (result_dir / ".mask001.tif.abc.part").write_bytes(b"half a mask")  # killed while writing
+    resumed = segment_sequence(seq_dir, result_dir, folder)
+    assert resumed["written"] == [1] and resumed["skipped"] == [0, 2]
+    for frame, mtime in finished.items():
+        assert (result_dir / f"mask00{frame}.tif").stat().st_mtime_ns == mtime  # not redone
+    assert_ctc_masks(seq_dir, result_dir)  # also: the temporary file is gone
+    nothing = segment_sequence(seq_dir, result_dir, folder)
+    assert nothing["written"] == [] and "backends" not in nothing  # no model was even loaded
+    again = segment_sequence(seq_dir, result_dir, folder, frames=[2], overwrite=True)
+    assert again["written"] == [2]
+
+
+def test_masks_older_than_the_models_or_of_the_wrong_shape_are_redone(
+    small_dataset, tiny_model_folder, tmp_path
+) -> None:
+    folder = tmp_path / "models"
+    shutil.copytree(tiny_model_folder("distance"), folder)
+    seq_dir = small_dataset / "01"
+    result_dir = tmp_path / "01_RES"
+    segment_sequence(seq_dir, result_dir, folder)
+    ctc.write_labels(result_dir / "mask001.tif", np.ones((4, 4), np.uint16))  # a foreign mask
+    old = (result_dir / "mask002.tif").stat().st_mtime - 100
+    os.utime(result_dir / "mask002.tif", (old, old))
+    os.utime(folder / "segmentation.onnx", (old + 50, old + 50))  # models newer than frame 2
+    assert segment_sequence(seq_dir, result_dir, folder)["written"] == [1, 2]
+    now = max(p.stat().st_mtime for p in result_dir.iterdir()) + 10
+    os.utime(folder / "segmentation.onnx", (now, now))  # retrained models: redo everything
+    assert segment_sequence(seq_dir, result_dir, folder)["written"] == [0, 1, 2]
+
+
+def test_four_digit_frames_give_four_digit_masks(
+    small_dataset, tiny_model_folder, tmp_path
+) -> None:
+    seq_dir = tmp_path / "Long" / "01"
+    seq_dir.mkdir(parents=True)
+    for frame in (0, 1):
+        shutil.copy(small_dataset / "01" / f"t00{frame}.tif", seq_dir / f"t000{frame}.tif")
+    result_dir = tmp_path / "Long" / "01_RES"
+    assert main(["predict", "--models", str(tiny_model_folder("distance")),
+                 str(seq_dir), str(result_dir), "--backend", "onnx"]) == 0  # fmt: skip
+    assert sorted(p.name for p in result_dir.iterdir()) == ["mask0000.tif", "mask0001.tif"]
+
+
+def test_2d_sequences_give_2d_masks(synthetic_dataset_2d, tiny_model_folder, tmp_path) -> None:
+    result_dir = tmp_path / "01_RES"
+    segment_sequence(synthetic_dataset_2d / "01", result_dir, tiny_model_folder("distance"))
+    masks = assert_ctc_masks(synthetic_dataset_2d / "01", result_dir)
+    assert masks[0].ndim == 2
+    assert sequence_seg(synthetic_dataset_2d, "01", result_dir) >= 0.6
+
+
+def test_predict_reports_what_is_missing(synthetic_dataset, tiny_model_folder, tmp_path, caplog):
+    incomplete = tmp_path / "models"
+    incomplete.mkdir()
+    shutil.copy(tiny_model_folder("centres") / "pipeline.json", incomplete)
+    args = ["predict", "--models", str(incomplete), str(synthetic_dataset / "01"), str(tmp_path)]
+    assert main(args) == 2
+    assert "segmentation.keras missing" in caplog.text
+    assert main([*args[:2], str(tmp_path / "nowhere"), *args[3:]]) == 2
+    assert "pipeline.json missing" in caplog.text
+    models = str(tiny_model_folder("distance"))
+    frames = ["--frames", "9"]  # after the positional arguments, which it would swallow
+    where = [str(synthetic_dataset / "01"), str(tmp_path / "res")]
+    code = main(["predict", "--models", models, *where, *frames])
+    assert code == 2 and "no frames [9]" in caplog.text
+
+
+def test_tiles_from_pipeline_json_give_the_whole_frame_maps(
+    small_dataset, tiny_model_folder, tmp_path
+) -> None:
+    """A model folder's tile settings reach the predictor. With tiles of the network's input
+    size (no resizing) the threshold network answers per pixel, so a frame made of two copies
+    side by side (3 overlapping tiles per slice) gives the map of one copy twice."""
+    from efficientcellseg.inference import TileSettings
+    from efficientcellseg.segment import (
+        PipelineSettings,
+        read_pipeline_settings,
+        write_pipeline_settings,
+    )
+
+    folder = tmp_path / "tiled"
+    shutil.copytree(tiny_model_folder("distance"), folder)
+    postprocess = read_pipeline_settings(folder).postprocess
+    write_pipeline_settings(folder, PipelineSettings(postprocess, TileSettings(128, overlap=32)))
+    small = ctc.read_image(small_dataset / "01" / "t000.tif")  # 8 x 128 x 128
+    whole = Segmenter(tiny_model_folder("distance"), backend="keras").probabilities(small)
+    tiled = Segmenter(folder, backend="keras").probabilities(np.concatenate([small, small], 2))
+    assert tiled["segmentation"].shape == (8, 128, 256)
+    for half in (slice(0, 128), slice(128, 256)):
+        np.testing.assert_allclose(
+            tiled["segmentation"][..., half], whole["segmentation"], rtol=0, atol=2e-4
+        )
+
+
+def test_pipeline_settings_round_trip_and_bad_files_are_named(tmp_path) -> None:
+    from efficientcellseg.inference import TileSettings
+    from efficientcellseg.postprocess import PostprocessSettings
+    from efficientcellseg.segment import (
+        PipelineSettings,
+        read_pipeline_settings,
+        write_pipeline_settings,
+    )
+
+    settings = PipelineSettings(
+        PostprocessSettings("distance", min_area=10, min_volume=20), TileSettings(1024, 128)
+    )
+    write_pipeline_settings(tmp_path, settings)
+    assert read_pipeline_settings(tmp_path) == settings
+    (tmp_path / "pipeline.json").write_text('{"postprocess": {"kind": "distance", "size": 3}}')
+    with pytest.raises(ValueError, match=r"pipeline\.json is not valid pipeline settings"):
+        read_pipeline_settings(tmp_path)
+    (tmp_path / "pipeline.json").write_text('{"postprocess": {"kind": "watershed"}}')
+    with pytest.raises(ValueError, match="kind 'watershed'"):
+        read_pipeline_settings(tmp_path)

@@ -1,0 +1,124 @@
+"""The real `snakemake` on a tiny synthetic dataset: masks, SEG.txt, logs, report and resuming."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from workflow_runs import CTC_NAME, DATASET, run_snakemake
+
+from efficientcellseg import ctc
+from efficientcellseg.metrics import evaluate_sequence, peseg
+
+pytestmark = pytest.mark.slow
+SEQUENCES = ("01", "02")
+
+
+def _seg_txt_value(text: str, key: str) -> float:
+    match = re.search(rf"^{key}\s+([0-9.]+)", text, flags=re.MULTILINE)
+    assert match, f"no {key} line in SEG.txt:\n{text}"
+    return float(match.group(1))
+
+
+def test_every_frame_has_a_ctc_mask(tiny_workflow) -> None:
+    workdir = tiny_workflow.workdir
+    dataset = workdir / "resources" / "ctc" / CTC_NAME
+    for name in SEQUENCES:
+        seq = ctc.open_sequence(dataset, name)
+        res_dir = workdir / "results" / DATASET / f"{name}_RES"
+        assert sorted(p.name for p in res_dir.glob("mask*.tif")) == [
+            ctc.mask_name(f, seq.digits) for f in seq.frame_ids
+        ]
+        for frame in seq.frame_ids:
+            mask = ctc.read_image(res_dir / ctc.mask_name(frame, seq.digits))
+            assert mask.dtype == np.uint16 and mask.shape == seq.frame_shape
+            labels = np.unique(mask)
+            assert labels[0] == 0 and np.array_equal(labels[1:], np.arange(1, len(labels)))
+            assert len(labels) > 1, f"{name} frame {frame}: no cell found"
+
+
+def test_seg_txt_is_the_held_out_score_of_the_masks(tiny_workflow) -> None:
+    workdir = tiny_workflow.workdir
+    text = (workdir / "results" / DATASET / "SEG.txt").read_text()
+    dataset = workdir / "resources" / "ctc" / CTC_NAME
+    per_sequence = [
+        evaluate_sequence(dataset, name, workdir / "results" / DATASET / f"{name}_RES")
+        for name in SEQUENCES
+    ]
+    seg = np.mean([e.seg for e in per_sequence])
+    det = np.mean([e.det for e in per_sequence])
+    assert _seg_txt_value(text, "SEG") == pytest.approx(seg, abs=1e-6)
+    assert _seg_txt_value(text, "DET") == pytest.approx(det, abs=1e-6)
+    assert _seg_txt_value(text, "OP_CSB") == pytest.approx((seg + det) / 2, abs=1e-6)
+    models = workdir / "results" / DATASET / "models"
+    parameters = sum(
+        json.loads((models / "without-01" / f"{task}.json").read_text())["parameters"]["total"]
+        for task in ("segmentation", "centres")
+    )
+    assert int(re.search(r"^params\s+([\d,]+)", text, re.M).group(1).replace(",", "")) == (
+        parameters
+    )
+    assert _seg_txt_value(text, "PESEG") == pytest.approx(peseg(seg, parameters), abs=1e-6)
+    # Held out: each sequence was segmented by the models that never saw it.
+    assert "01: models without-01 (trained on 02)" in text
+    assert "02: models without-02 (trained on 01)" in text
+    assert "gold truth" in text
+    # Even a few epochs of the tiny network find most synthetic nuclei.
+    assert seg > 0.5, text
+
+
+def test_jobs_leave_logs_benchmarks_and_report_outputs(tiny_workflow) -> None:
+    workdir = tiny_workflow.workdir
+    logs = {p.relative_to(workdir / "logs").as_posix() for p in (workdir / "logs").rglob("*.log")}
+    for expected in (
+        f"{DATASET}/train/without-01_segmentation.log",
+        f"{DATASET}/train/without-02_centres.log",
+        f"{DATASET}/predict/01.log",
+        f"{DATASET}/evaluate/02.log",
+    ):
+        assert expected in logs
+    benchmarks = workdir / "results" / DATASET / "benchmarks"
+    assert (benchmarks / "train_without-01_segmentation.tsv").is_file()
+    evaluation = workdir / "results" / DATASET / "evaluation"
+    assert (evaluation / "overlays.png").stat().st_size > 10_000
+    table = (evaluation / "scores.tsv").read_text().splitlines()
+    assert table[0].split("\t")[:4] == ["sequence", "models", "reference", "SEG"]
+    assert [row.split("\t")[0] for row in table[1:]] == ["01", "02", "mean"]
+    curve = workdir / "results" / DATASET / "models" / "without-01" / "segmentation_curve.png"
+    assert curve.stat().st_size > 10_000
+
+
+def test_report_holds_curves_figures_and_scores(tiny_workflow, tmp_path: Path) -> None:
+    report = tmp_path / "report.zip"
+    run_snakemake(tiny_workflow.workdir, "--report", str(report), "results/tiny/SEG.txt").check()
+    import zipfile
+
+    names = "\n".join(zipfile.ZipFile(report).namelist())
+    for expected in ("overlays.png", "scores.tsv", "segmentation_curve.png", "centres_curve.png"):
+        assert expected in names
+
+
+def test_finished_workflow_has_nothing_to_do(tiny_workflow) -> None:
+    run = run_snakemake(tiny_workflow.workdir, "-n", "results/tiny/SEG.txt").check()
+    assert "Nothing to be done" in run.output
+
+
+def test_interrupted_prediction_redoes_only_the_missing_masks(tiny_workflow) -> None:
+    workdir = tiny_workflow.workdir
+    res_dir = workdir / "results" / DATASET / "01_RES"
+    masks = sorted(res_dir.glob("mask*.tif"))
+    kept = {p.name: p.stat().st_mtime_ns for p in masks[1:]}
+    removed = masks[0].read_bytes()
+    masks[0].unlink()  # as if the job had died before writing it
+    (workdir / "results" / DATASET / "predictions" / "01.json").unlink()
+    other = workdir / "results" / DATASET / "predictions" / "02.json"
+    other_mtime = other.stat().st_mtime_ns
+    run_snakemake(workdir, "--cores", "2", "results/tiny/SEG.txt").check()
+    assert other.stat().st_mtime_ns == other_mtime  # sequence 02 was not predicted again
+    assert masks[0].read_bytes() == removed  # the same models give the same mask again
+    assert {p.name: p.stat().st_mtime_ns for p in masks[1:]} == kept
+    summary = json.loads((workdir / "results" / DATASET / "predictions" / "01.json").read_text())
+    assert summary["written"] == [0] and summary["skipped"] == [1, 2]
