@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -60,8 +61,11 @@ def tiny_workflow(tmp_path_factory):
     """The real workflow run once on a tiny synthetic dataset: held-out SEG and CTC submission."""
     from workflow_runs import run_snakemake, write_config
 
-    workdir = tmp_path_factory.mktemp("workflow")
-    write_config(workdir)
+    # Developers may point this at the folder of an earlier run: snakemake then has nothing to do.
+    reuse = os.environ.get("EFFICIENTCELLSEG_TEST_WORKFLOW_DIR")
+    workdir = Path(reuse) if reuse else tmp_path_factory.mktemp("workflow")
+    if not reuse:
+        write_config(workdir)
     return run_snakemake(workdir, "--cores", "2", "results/tiny/SEG.txt", "ctc_submission").check()
 
 

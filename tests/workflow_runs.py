@@ -38,7 +38,7 @@ TINY_CONFIG = {
                 "width": 96,
                 "n_objects": 6,
             },
-            "training": {"epochs": 4, "steps_per_epoch": 8, "early_stop_patience": 4},
+            "training": {"epochs": 8, "steps_per_epoch": 8, "early_stop_patience": 8},
             "postprocess": {"kind": "centres", "min_area": 15, "min_volume": 40},
         }
     },
