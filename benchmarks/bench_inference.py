@@ -151,28 +151,33 @@ def stack_mode(args: argparse.Namespace) -> None:
             segmenters[backend] = Segmenter(folder, backend=backend, batch_size=args.batch_size)
             print(f"{backend:9s} models opened in {time.perf_counter() - start:5.1f} s")
         results: dict[str, list[dict[str, float]]] = {b: [] for b in args.backends}
+        order = list(segmenters)
         for repeat in range(args.repeats + 1):  # round 0 warms up and is not counted
-            for backend, segmenter in segmenters.items():
-                for frame in frames:
-                    stages = time_stack(segmenter, frame, Path(tmp) / f"{backend}.tif")
+            for frame in frames:
+                order = order[1:] + order[:1]  # neighbours in time share the load they see
+                for backend in order:
+                    mask = Path(tmp) / f"{backend}.tif"
+                    stages = time_stack(segmenters[backend], frame, mask)
                     if repeat:
                         results[backend].append(stages)
+        baseline = args.backends[0]
         print(
             f"\n{STACK_SHAPE[0]}x{STACK_SHAPE[1]}x{STACK_SHAPE[2]} uint16 stack, paper "
             f"segmentation + centre networks, batch {args.batch_size}, "
-            f"{inference.available_cores()} cores, load {os.getloadavg()[0]:.1f}; "
-            f"median of {args.repeats} x {args.frames} stacks (CPU: all threads' time, which on "
-            "cores shared with other processes is a steadier figure than wall time)"
+            f"{inference.available_cores()} cores, load {os.getloadavg()[0]:.1f}; medians of "
+            f"{args.repeats} x {args.frames} stacks. Ratio: median of the per-stack ratios to "
+            f"{baseline} on the same stack right before or after. CPU: all threads' CPU time."
         )
-        keras_median = statistics.median(r["total"] for r in results.get("keras", [{"total": 0}]))
         for backend, rows in results.items():
             total = statistics.median(r["total"] for r in rows)
-            ratio = f"  ({total / keras_median:4.2f} x keras)" if keras_median else ""
             fastest = min(r["total"] for r in rows)
             cpu = statistics.median(r["cpu"] for r in rows)
+            ratio = statistics.median(
+                r["total"] / b["total"] for r, b in zip(rows, results[baseline], strict=True)
+            )
             print(
-                f"  {backend:9s} {total:6.2f} s per stack (min {fastest:.2f}){ratio}, "
-                f"CPU {cpu:.2f} s"
+                f"  {backend:9s} {total:6.2f} s per stack (min {fastest:5.2f}), "
+                f"{ratio:4.2f} x {baseline}, CPU {cpu:5.2f} s"
             )
             stages = [s for s in rows[0] if s not in ("total", "cpu", "objects")]
             split = "  ".join(f"{s} {statistics.median(r[s] for r in rows):5.2f}" for s in stages)

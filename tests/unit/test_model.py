@@ -218,3 +218,35 @@ def test_saved_model_reloads_with_identical_output_and_metadata(tiny_model, tmp_
 def test_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="model file does not exist"):
         load_model(tmp_path / "none.keras")
+
+
+def test_dice_loss_is_one_overlap_over_the_batch() -> None:
+    import tensorflow as tf
+
+    from efficientcellseg.keras_parts import dice_loss
+
+    truth = np.zeros((2, 8, 8, 1), np.float32)
+    truth[0, :4, :4] = 1  # 16 cell pixels in the first image, none in the second
+    assert np.asarray(dice_loss(truth, truth)).tolist() == [0.0, 0.0]
+    prediction = truth.copy()
+    prediction[1] = 1.0  # the whole empty image predicted as cell: 64 false positives
+    expected = 1 - (2 * 16 + 1) / (16 + 16 + 64 + 1)
+    np.testing.assert_allclose(np.asarray(dice_loss(truth, prediction)), [expected] * 2, rtol=1e-6)
+    # false positives on the empty image get a real gradient (per-image Dice: ~1e-4)
+    p = tf.Variable(np.full((2, 8, 8, 1), 0.9, np.float32))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(dice_loss(truth, p))
+    gradient = tape.gradient(loss, p).numpy()
+    assert gradient[1].min() > 1e-3
+    assert (gradient[0][truth[0] > 0] < 0).all()  # cell pixels are pushed up
+
+
+def test_thresholded_iou_accepts_soft_targets() -> None:
+    from efficientcellseg.keras_parts import ThresholdedIoU
+
+    metric = ThresholdedIoU()
+    heat = np.array([[0.0, 0.4, 0.6, 0.9]], np.float32)  # a centre heatmap: targets > 0.5 count
+    metric.update_state(heat, np.array([[0.0, 0.7, 0.8, 0.2]], np.float32))
+    assert float(metric.result()) == pytest.approx(1 / 3)  # 1 in both, 3 in either
+    metric.reset_state()
+    assert float(metric.result()) == 0.0

@@ -45,12 +45,19 @@ class ResizeLike(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 def dice_loss(y_true, y_pred, smooth: float = 1.0):
-    """Soft Dice loss over each image (the paper's segmentation loss); 0 is a perfect overlap."""
+    """Soft Dice loss (the paper's segmentation loss) of the whole batch; 0 is a perfect overlap.
+
+    One overlap over all pixels of the batch, not a mean of per-image losses: the Dice loss of
+    a single image without cells is ``sum(p) / (sum(p) + smooth)``, already ~1 for a few
+    hundred false-positive pixels, so its gradient vanishes and such slices (the empty first
+    and last slices of a stack, say) would never teach the network anything. Returned once per
+    image, so that Keras' mean over the batch is the batch's Dice loss.
+    """
     y_true = keras.ops.cast(y_true, y_pred.dtype)
-    axes = (1, 2, 3)
-    intersection = keras.ops.sum(y_true * y_pred, axis=axes)
-    total = keras.ops.sum(y_true, axis=axes) + keras.ops.sum(y_pred, axis=axes)
-    return 1.0 - (2.0 * intersection + smooth) / (total + smooth)
+    intersection = keras.ops.sum(y_true * y_pred)
+    total = keras.ops.sum(y_true) + keras.ops.sum(y_pred)
+    loss = 1.0 - (2.0 * intersection + smooth) / (total + smooth)
+    return keras.ops.broadcast_to(loss, keras.ops.shape(y_pred)[:1])
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

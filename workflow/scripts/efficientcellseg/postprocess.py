@@ -285,6 +285,8 @@ def _drop_small(labels: np.ndarray, min_area: int) -> np.ndarray:
     """Labels 1..n (int32) of the segments with at least ``min_area`` pixels; the others 0."""
     keep = np.bincount(labels.ravel()) >= max(min_area, 1)
     keep[0] = False
+    if keep[1:].all():  # already labels 1..n (watershed output usually is): no relabelling pass
+        return labels.astype(np.int32, copy=False)
     new_label = np.zeros(len(keep), dtype=np.int32)
     new_label[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
     return new_label[labels]
@@ -298,6 +300,8 @@ def _consecutive(labels: np.ndarray) -> tuple[np.ndarray, int]:
     if top <= labels.size:  # a lookup table no larger than the image
         present = np.bincount(labels.ravel(), minlength=top + 1) > 0
         present[0] = False
+        if present[1:].all():  # already 1..top: skip the relabelling pass
+            return labels.astype(np.int32, copy=False), top
         count = int(present.sum())
         new_label = np.zeros(top + 1, dtype=np.int32)
         new_label[present] = np.arange(1, count + 1, dtype=np.int32)
