@@ -33,4 +33,6 @@ def test_linter_is_clean(command: list[str]) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     if command[0] == "snakemake":
-        assert "Congratulations, your workflow is in a good condition!" in result.stdout
+        assert "Congratulations, your workflow is in a good condition!" in (
+            result.stdout + result.stderr
+        )
