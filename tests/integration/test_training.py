@@ -20,6 +20,7 @@ import pytest
 
 from efficientcellseg import ctc
 from efficientcellseg.model import PRESETS, read_metadata, resolve_config
+from efficientcellseg.synthetic import SyntheticSpec, write_synthetic_dataset
 from efficientcellseg.training import (
     LOG_COLUMNS,
     TrainingOutputs,
@@ -38,11 +39,15 @@ from efficientcellseg.training_data import (
     select_training_set,
 )
 
-# The tiny network learns from the GT of one synthetic sequence (4 frames of 16 x 128 x 128:
-# 2 fully annotated, 2 with 5 annotated slices each) and is scored on the other sequence. The
-# run is killed (SIGKILL) after the checkpoint of epoch KILLED_AFTER and started again: the
-# same run shows that training resumes and that the resumed training learns.
-SETTINGS = {"training_set": "GT", "epochs": 12, "steps_per_epoch": 20, "learning_rate": 3e-3}
+# The tiny network learns from the GT of four synthetic sequences (2 frames of 16 x 128 x 128
+# each: one fully annotated, one with 5 annotated slices) and is scored on two more sequences
+# it never saw. Nuclei differ between sequences, not between the frames of one (they drift), so
+# several short sequences teach more than one long one. The run is killed (SIGKILL) after the
+# checkpoint of epoch KILLED_AFTER and started again: the same run shows that training resumes
+# and that the resumed training learns.
+DATASET = SyntheticSpec(seed=0, n_sequences=6, n_frames=2)
+TRAIN_ON, HELD_OUT = ("01", "02", "03", "04"), ("05", "06")
+SETTINGS = {"training_set": "GT", "epochs": 14, "steps_per_epoch": 20, "learning_rate": 3e-3}
 KILLED_AFTER = 2  # 0-based epoch
 HELD_OUT_IOU = 0.9
 
@@ -52,8 +57,8 @@ from pathlib import Path
 logging.basicConfig(level=logging.INFO)
 from efficientcellseg.model import resolve_config
 from efficientcellseg.training import TrainingOutputs, TrainingSettings, train
-folder, slices = Path(sys.argv[1]), sys.argv[2]
-train([slices], TrainingOutputs(folder / "segmentation.keras", folder / "segmentation_log.csv",
+folder, slices = Path(sys.argv[1]), sys.argv[2:]
+train(slices, TrainingOutputs(folder / "segmentation.keras", folder / "segmentation_log.csv",
       folder / "segmentation_curve.png", folder / ".segmentation_checkpoint"),
       resolve_config("tiny"), TrainingSettings(**{settings}))
 """
@@ -61,7 +66,8 @@ train([slices], TrainingOutputs(folder / "segmentation.keras", folder / "segment
 
 @dataclass
 class ResumedRun:
-    slices: Path
+    dataset: Path
+    slices: list[Path]
     outputs: TrainingOutputs
     metadata: dict
     killed_after: int  # last epoch checkpointed before the kill
@@ -79,13 +85,15 @@ def outputs_in(folder: Path) -> TrainingOutputs:
     )
 
 
-def run_until_checkpoint(folder: Path, slices: Path, epoch: int, timeout: float = 900) -> None:
+def run_until_checkpoint(
+    folder: Path, slices: list[Path], epoch: int, timeout: float = 900
+) -> None:
     """Train in a child process and kill it (SIGKILL) once the checkpoint of ``epoch`` exists."""
     script = textwrap.dedent(CHILD.format(settings=repr(SETTINGS)))
     checkpoint = folder / ".segmentation_checkpoint" / f"epoch-{epoch:04d}"
     with (folder / "child.log").open("w") as log_file:
         child = subprocess.Popen(
-            [sys.executable, "-c", script, str(folder), str(slices)],
+            [sys.executable, "-c", script, str(folder), *map(str, slices)],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
@@ -111,10 +119,13 @@ class _Messages(logging.Handler):
 
 
 @pytest.fixture(scope="module")
-def resumed_run(synthetic_dataset: Path, tmp_path_factory) -> ResumedRun:
+def resumed_run(tmp_path_factory) -> ResumedRun:
     folder = tmp_path_factory.mktemp("training")
-    slices = folder / "01.npz"
-    save_annotated_slices(slices, collect_annotated_slices(synthetic_dataset, "01"))
+    dataset = folder / "Synthetic-3D"
+    write_synthetic_dataset(dataset, DATASET)
+    slices = [folder / f"{seq}.npz" for seq in TRAIN_ON]
+    for seq, path in zip(TRAIN_ON, slices, strict=True):
+        save_annotated_slices(path, collect_annotated_slices(dataset, seq, ("GT",)))
     outputs = outputs_in(folder)
 
     def children_cpu() -> float:
@@ -135,36 +146,38 @@ def resumed_run(synthetic_dataset: Path, tmp_path_factory) -> ResumedRun:
     level = logger.level
     logger.setLevel(logging.INFO)
     try:
-        metadata = train([slices], outputs, resolve_config("tiny"), TrainingSettings(**SETTINGS))
+        metadata = train(slices, outputs, resolve_config("tiny"), TrainingSettings(**SETTINGS))
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
     cpu = time.process_time() + children_cpu() - cpu
-    return ResumedRun(slices, outputs, metadata, last, before, handler.messages, cpu)
+    return ResumedRun(dataset, slices, outputs, metadata, last, before, handler.messages, cpu)
 
 
-def held_out_scores(model_path: Path, dataset: Path, sequence: str) -> tuple[float, float]:
-    """Foreground IoU over every gold-truth slice of ``sequence`` (whole stacks of the fully
+def held_out_scores(model_path: Path, dataset: Path, sequences) -> tuple[float, float]:
+    """Foreground IoU over every gold-truth slice of ``sequences`` (whole stacks of the fully
     annotated frames, the annotated slices of the others), and the largest fraction of pixels
     predicted as cell in a slice without cells."""
     from efficientcellseg.model import load_model
     from efficientcellseg.pseudocolor import pseudocolor_frame
 
     model = load_model(model_path)
-    seq = ctc.open_sequence(dataset, sequence)
     inter = union = 0
     empty_slice_fp = 0.0
-    for frame in sorted({ann.frame for ann in seq.gt_seg}):
-        colour = pseudocolor_frame(ctc.read_image(seq.frames[frame]))
-        predicted = model.predict(colour, batch_size=8, verbose=0)[..., 0] > 0.5
-        for ann in (a for a in seq.gt_seg if a.frame == frame):
-            truth = ctc.read_annotation(ann, seq.frame_shape) > 0
-            found = predicted[ann.slice] if ann.is_slice else predicted
-            inter += np.count_nonzero(found & truth)
-            union += np.count_nonzero(found | truth)
-            if not ann.is_slice:
-                empty = ~truth.any(axis=(1, 2))
-                empty_slice_fp = max(empty_slice_fp, found[empty].mean(axis=(1, 2)).max(initial=0))
+    for sequence in sequences:
+        seq = ctc.open_sequence(dataset, sequence)
+        for frame in sorted({ann.frame for ann in seq.gt_seg}):
+            colour = pseudocolor_frame(ctc.read_image(seq.frames[frame]))
+            predicted = model.predict(colour, batch_size=8, verbose=0)[..., 0] > 0.5
+            for ann in (a for a in seq.gt_seg if a.frame == frame):
+                truth = ctc.read_annotation(ann, seq.frame_shape) > 0
+                found = predicted[ann.slice] if ann.is_slice else predicted
+                inter += np.count_nonzero(found & truth)
+                union += np.count_nonzero(found | truth)
+                if not ann.is_slice:
+                    empty = ~truth.any(axis=(1, 2))
+                    fp = found[empty].mean(axis=(1, 2)).max(initial=0)
+                    empty_slice_fp = max(empty_slice_fp, fp)
     return inter / union, float(empty_slice_fp)
 
 
@@ -190,17 +203,18 @@ def test_killed_training_resumes_after_its_last_checkpoint(resumed_run: ResumedR
 
 
 @pytest.mark.slow
-def test_tiny_network_learns_to_segment_a_held_out_sequence(
-    resumed_run: ResumedRun, synthetic_dataset: Path, record_property
+def test_tiny_network_learns_to_segment_held_out_sequences(
+    resumed_run: ResumedRun, record_property
 ) -> None:
-    score, empty_fp = held_out_scores(resumed_run.outputs.model, HELD_OUT[0], HELD_OUT[1])
+    run = resumed_run
+    score, empty_fp = held_out_scores(run.outputs.model, run.dataset, HELD_OUT)
     record_property("held_out_iou", round(score, 4))
-    record_property("training_cpu_seconds", round(resumed_run.cpu_seconds))
-    print(f"held-out IoU {score:.4f} after {resumed_run.cpu_seconds:.0f} s of CPU time")
-    assert score >= HELD_OUT_IOU, f"held-out IoU {score:.3f}; {resumed_run.metadata}"
+    record_property("training_cpu_seconds", round(run.cpu_seconds))
+    print(f"held-out IoU {score:.4f} after {run.cpu_seconds:.0f} s of CPU time")
+    assert score >= HELD_OUT_IOU, f"held-out IoU {score:.3f}; {run.metadata}"
     # the stacks' empty first and last slices (stretched noise and leaked light) stay empty
     assert empty_fp < 0.01
-    assert resumed_run.metadata["best_val_iou"] >= HELD_OUT_IOU
+    assert run.metadata["best_val_iou"] >= 0.85
 
 
 @pytest.mark.slow
@@ -208,9 +222,10 @@ def test_training_writes_the_model_with_its_configuration_a_log_and_a_curve(
     resumed_run: ResumedRun,
 ) -> None:
     outputs, metadata = resumed_run.outputs, resumed_run.metadata
+    metadata = json.loads(json.dumps(metadata))  # as stored: tuples become lists
     assert metadata == read_metadata(outputs.model)
-    assert metadata["model_config"] == PRESETS["tiny"].to_dict()
-    assert metadata["task"] == "segmentation" and metadata["trained_on"] == ["01"]
+    assert metadata["model_config"] == json.loads(json.dumps(PRESETS["tiny"].to_dict()))
+    assert metadata["task"] == "segmentation"
     parameters = metadata["parameters"]
     assert parameters["total"] == parameters["encoder"] + parameters["decoder"] > 0
     assert metadata["training"]["learning_rate"] == SETTINGS["learning_rate"]
@@ -220,8 +235,9 @@ def test_training_writes_the_model_with_its_configuration_a_log_and_a_curve(
     assert history[-1]["loss"] < history[0]["loss"]
     assert outputs.curve_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert outputs.curve_png.stat().st_size > 10_000
-    gt = select_training_set(load_annotated_slices([resumed_run.slices]), "GT")
-    assert metadata["n_train_slices"] + metadata["n_val_slices"] == len(gt) == 42
+    gt = select_training_set(load_annotated_slices(resumed_run.slices), "GT")
+    assert metadata["n_train_slices"] + metadata["n_val_slices"] == len(gt) == 4 * (16 + 5)
+    assert metadata["trained_on"] == list(TRAIN_ON)
 
 
 def test_checkpoint_of_other_settings_or_data_is_not_resumed(tmp_path: Path, caplog) -> None:
