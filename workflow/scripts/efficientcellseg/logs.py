@@ -1,4 +1,4 @@
-"""Logging set-up for the command line and for workflow scripts."""
+"""Logging set-up for the command line and workflow scripts, and progress bars for long loops."""
 
 from __future__ import annotations
 
@@ -43,3 +43,12 @@ def script_log(path: str | os.PathLike) -> Iterator[None]:
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
+
+
+def frame_progress(items: list, enabled: bool, desc: str):
+    """``items``, wrapped in a tqdm progress bar (per frame) when ``enabled``."""
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="frame")

@@ -36,6 +36,7 @@ import numpy as np
 import tifffile
 
 from . import ctc
+from .logs import frame_progress
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +319,7 @@ def evaluate_sequence(
 
     objects: list[ObjectMatch] = []
     det_total = DetCounts(0, 0, 0, 0) if seq.tra_markers else None
-    for frame in _progress(frames, progress, f"evaluate {seq.name}"):
+    for frame in frame_progress(frames, progress, f"evaluate {seq.name}"):
         result = ctc.read_labels(result_dir / ctc.mask_name(frame, digits), seq.frame_shape)
         for ann in by_frame.get(frame, []):
             ref = ctc.read_annotation(ann, seq.frame_shape)
@@ -493,11 +494,3 @@ def _mask_header_problems(path: Path, frame_shape: tuple[int, ...]) -> list[str]
     if shape != tuple(frame_shape):
         problems.append(f"{path.name}: shape {shape} differs from the frame shape {frame_shape}")
     return problems
-
-
-def _progress(items: list, enabled: bool, desc: str):
-    if not enabled:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc=desc, unit="frame")

@@ -29,6 +29,7 @@ import numpy as np
 
 from . import ctc
 from .inference import DEFAULT_BATCH_SIZE, TileSettings, open_predictor, predict_slices
+from .logs import frame_progress
 from .postprocess import PostprocessSettings, postprocess_frame
 from .pseudocolor import pseudocolor_frame
 
@@ -197,7 +198,7 @@ def segment_sequence(
         return summary
     segmenter = Segmenter(model_dir, backend=backend, batch_size=batch_size, threads=threads)
     result_dir.mkdir(parents=True, exist_ok=True)
-    for frame in _progress(todo, progress, desc=f"{seq.name} frames"):
+    for frame in frame_progress(todo, progress, desc=f"{seq.name} frames"):
         with segmenter._timed("read"):
             image = ctc.read_image(seq.frames[frame])
         if image.shape != seq.frame_shape:
@@ -246,11 +247,3 @@ def _remove_stale_temporaries(result_dir: Path) -> None:
 
 def _span(ids: list[int]) -> str:
     return f"frames {ids[0]}..{ids[-1]}" if ids else "no frames"
-
-
-def _progress(items: list, enabled: bool, desc: str):
-    if not enabled:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc=desc, unit="frame")
