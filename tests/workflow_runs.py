@@ -45,6 +45,11 @@ TINY_CONFIG = {
 }
 
 
+# The tiny network sees 64 batches: its masks are far from good, but clearly better than chance
+# (0.31-0.48 measured on held-out synthetic sequences). Exactness is tested by cross-checks.
+TINY_MIN_SEG = 0.25
+
+
 @dataclass(frozen=True)
 class WorkflowRun:
     workdir: Path
