@@ -32,7 +32,6 @@ from efficientcellseg.training import (
     train,
 )
 from efficientcellseg.training_data import (
-    EMPTY_SLICE_STRIDE,
     AnnotatedSlices,
     collect_annotated_slices,
     load_annotated_slices,
@@ -48,7 +47,16 @@ from efficientcellseg.training_data import (
 # and that the resumed training learns.
 DATASET = SyntheticSpec(seed=0, n_sequences=6, n_frames=2)
 TRAIN_ON, HELD_OUT = ("01", "02", "03", "04"), ("05", "06")
-SETTINGS = {"training_set": "GT", "epochs": 14, "steps_per_epoch": 20, "learning_rate": 3e-3}
+# The learning rate halves after 2 epochs without a better validation loss: with 20 short epochs
+# the default patience (5) hardly ever fires, and the late small steps are what sharpen the
+# boundaries (held-out IoU 0.911 and 0.924 with seeds 0 and 1; 0.898 with patience 5).
+SETTINGS = {
+    "training_set": "GT",
+    "epochs": 20,
+    "steps_per_epoch": 20,
+    "learning_rate": 3e-3,
+    "reduce_lr_patience": 2,
+}
 KILLED_AFTER = 2  # 0-based epoch
 HELD_OUT_IOU = 0.9
 
@@ -182,22 +190,6 @@ def held_out_scores(model_path: Path, dataset: Path, sequences) -> tuple[float, 
     return inter / union, float(empty_slice_fp)
 
 
-def _training_slices_in_gt(dataset: Path, sequence: str) -> int:
-    """Counted from the GT files: every annotated slice; of full stacks, the slices with cells
-    plus every EMPTY_SLICE_STRIDE-th and the last one."""
-    seq = ctc.open_sequence(dataset, sequence)
-    count = 0
-    for ann in seq.gt_seg:
-        if ann.is_slice:
-            count += 1
-            continue
-        mask = ctc.read_annotation(ann, seq.frame_shape)
-        kept = mask.any(axis=(1, 2))
-        kept[::EMPTY_SLICE_STRIDE] = kept[-1] = True
-        count += int(kept.sum())
-    return count
-
-
 @pytest.mark.slow
 def test_killed_training_resumes_after_its_last_checkpoint(resumed_run: ResumedRun) -> None:
     run, last = resumed_run, resumed_run.killed_after
@@ -253,8 +245,8 @@ def test_training_writes_the_model_with_its_configuration_a_log_and_a_curve(
     assert outputs.curve_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert outputs.curve_png.stat().st_size > 10_000
     gt = select_training_set(load_annotated_slices(resumed_run.slices), "GT")
-    expected = sum(_training_slices_in_gt(resumed_run.dataset, seq) for seq in TRAIN_ON)
-    assert metadata["n_train_slices"] + metadata["n_val_slices"] == len(gt) == expected
+    # every slice of the full frame 0, 5 annotated slices of frame 1 (see DATASET)
+    assert metadata["n_train_slices"] + metadata["n_val_slices"] == len(gt) == len(TRAIN_ON) * 21
     assert metadata["trained_on"] == list(TRAIN_ON)
 
 

@@ -13,7 +13,6 @@ from efficientcellseg import ctc
 from efficientcellseg.pseudocolor import pseudocolor_frame
 from efficientcellseg.targets import centre_heatmap
 from efficientcellseg.training_data import (
-    EMPTY_SLICE_STRIDE,
     AnnotatedSlices,
     Augmentation,
     collect_annotated_slices,
@@ -26,8 +25,7 @@ from efficientcellseg.training_data import (
 
 # The synthetic fixture: 4 frames of 16 slices per sequence; nuclei in slices 1-14 of every
 # frame. Full 3D GT on frames 0 and 2, per-slice GT (slices 1, 4, 7, 10, 13) on frames 1 and 3,
-# full 3D ST on every frame. A full annotation gives its non-empty slices, every 4th slice and
-# the first and last slice: here all 16.
+# full 3D ST on every frame. A full annotation gives all its slices.
 FULL_SLICES = list(range(16))
 GT_SLICES = [1, 4, 7, 10, 13]
 
@@ -81,18 +79,15 @@ def test_2d_frames_give_one_slice_each(synthetic_dataset_2d: Path) -> None:
     np.testing.assert_array_equal(data.images[..., 0], data.images[..., 1])
 
 
-def test_empty_slices_of_full_annotations_every_4th_and_at_the_stack_ends(tmp_path: Path) -> None:
+def test_every_slice_of_a_full_annotation_is_a_sample_empty_ones_too(tmp_path: Path) -> None:
     frame = np.random.default_rng(0).integers(0, 40, (13, 32, 32), dtype=np.uint8)
     labels = np.zeros(frame.shape, np.uint16)
     labels[5:7, 10:20, 10:20] = 3
     ctc.write_tiff(tmp_path / "01" / "t000.tif", frame)
     ctc.write_labels(tmp_path / "01_GT" / "SEG" / "man_seg000.tif", labels)
     data = collect_annotated_slices(tmp_path, "01")
-    assert EMPTY_SLICE_STRIDE == 4
-    assert data.slices.tolist() == [0, 4, 5, 6, 8, 12]  # 12 = the last slice
-    ctc.write_tiff(tmp_path / "01" / "t000.tif", frame[:12])
-    ctc.write_labels(tmp_path / "01_GT" / "SEG" / "man_seg000.tif", labels[:12])
-    assert collect_annotated_slices(tmp_path, "01").slices.tolist() == [0, 4, 5, 6, 8, 11]
+    assert data.slices.tolist() == list(range(13))
+    np.testing.assert_array_equal(data.labels, labels)
 
 
 def test_no_annotations_is_a_clear_error(synthetic_dataset: Path, tmp_path: Path) -> None:
