@@ -245,8 +245,14 @@ def test_training_writes_the_model_with_its_configuration_a_log_and_a_curve(
     assert outputs.curve_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert outputs.curve_png.stat().st_size > 10_000
     gt = select_training_set(load_annotated_slices(resumed_run.slices), "GT")
-    # every slice of the full frame 0, 5 annotated slices of frame 1 (see DATASET)
-    assert metadata["n_train_slices"] + metadata["n_val_slices"] == len(gt) == len(TRAIN_ON) * 21
+    # every slice of each full 3D annotation (frame 0), one per annotated slice (frame 1)
+    depth = DATASET.depth
+    expected = sum(
+        depth if not ann.is_slice else 1
+        for seq in TRAIN_ON
+        for ann in ctc.open_sequence(resumed_run.dataset, seq).gt_seg
+    )
+    assert metadata["n_train_slices"] + metadata["n_val_slices"] == len(gt) == expected
     assert metadata["trained_on"] == list(TRAIN_ON)
 
 
