@@ -35,9 +35,14 @@ def _no_network_prefix() -> list[str]:
     return []
 
 
+def _minimal_env(path: str, home: Path) -> list[str]:
+    """The prefix that runs a command with nothing but PATH and HOME in its environment."""
+    return ["env", "-i", f"PATH={path}", f"HOME={home}"]
+
+
 def _run_script(script: Path, path: str, home: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*_no_network_prefix(), "env", "-i", f"PATH={path}", f"HOME={home}", f"./{script.name}"],
+        [*_no_network_prefix(), *_minimal_env(path, home), f"./{script.name}"],
         cwd=script.parent,
         capture_output=True,
         text=True,
@@ -101,7 +106,7 @@ def test_scripts_write_every_mask_offline(organiser_folder: Path, tmp_path: Path
         expected = tmp_path / f"{name}_expected"
         command = ["efficientcellseg", "predict", "--models", models, seq.path, expected]
         subprocess.run(
-            ["env", "-i", f"PATH={VENV_BIN}:/usr/bin:/bin", f"HOME={tmp_path}", *map(str, command)],
+            [*_minimal_env(f"{VENV_BIN}:/usr/bin:/bin", tmp_path), *map(str, command)],
             check=True,
             capture_output=True,
         )

@@ -124,8 +124,7 @@ def _annotated_slices(colour: np.ndarray, mask: np.ndarray, ann: ctc.SegAnnotati
     elif ann.is_slice:
         yield ann.slice, colour[ann.slice], mask
     else:
-        for z in range(mask.shape[0]):
-            yield z, colour[z], mask[z]
+        yield from zip(range(len(mask)), colour, mask, strict=True)
 
 
 def save_annotated_slices(path: str | Path, data: AnnotatedSlices) -> None:
