@@ -5,14 +5,20 @@ Modes (all print figures; nothing is asserted):
 ``stack`` (default)
     A synthetic 30 x 512 x 512 uint16 stack (the size of Fluo-C3DL-MDA231 frames) goes end to
     end through the MDA231 pipeline: read, pseudocolor, segmentation AND centre networks (the
-    paper configuration, random weights: timing does not depend on them), centre-marker
-    watershed, z-linking, writing the mask. Per backend (keras, onnx, openvino): the median
-    seconds per stack over the repeats (backends interleaved, so load from other processes hits
-    all of them alike), the ratio to keras, and the median split per stage.
+    paper configuration), centre-marker watershed, z-linking, writing the mask. The networks
+    are stand-ins that threshold the current slice (model.set_green_threshold_weights: random
+    encoder, all layers computed), so the masks hold the synthetic cells and the centre network
+    runs where a trained one would: on the slices with foreground. Per variant (keras, onnx,
+    openvino in f32, openvino-bf16): the median seconds per stack over the repeats (variants
+    interleaved, so load from other processes hits all of them alike), the ratio to the first,
+    and the median split per stage.
 ``sweep``
     The paper segmentation network alone on 512 x 512 slices: milliseconds per slice for batch
     sizes, threads, streams (slices computed at once), ONNX Runtime thread spinning, and, for
-    comparison only, OpenVINO in bf16 (not used: it changes probabilities by up to ~0.1). What
+    comparison, OpenVINO in bf16 (``--precision bf16``, not the default). max|diff| is against
+    keras: ~3e-4 for the f32 runtimes on these noise slices, because TensorFlow's and ONNX's
+    bilinear resize (512 -> 384) differ in the last digits and the stand-ins' steep threshold
+    multiplies input differences by 10; on 384x384 slices (no resize) it is 2e-7. What
     the library's defaults (inference.DEFAULT_BATCH_SIZE, DEFAULT_STREAMS, CPU_PREFERENCE) are
     chosen from.
 ``tric``
@@ -25,7 +31,8 @@ Model folders are built once and kept in .cache/bench_models/ (the paper network
 minute to build and export).
 
 Usage: .venv/bin/python benchmarks/bench_inference.py [--mode stack|sweep|tric] [--repeats 5]
-       [--frames 2] [--backends keras onnx openvino] [--model paper|tiny (tric)]
+       [--frames 2] [--variants keras onnx openvino openvino-bf16 (stack)]
+       [--backends keras onnx openvino (tric)] [--model paper|tiny (tric)]
 """
 
 from __future__ import annotations
@@ -54,7 +61,14 @@ from efficientcellseg.synthetic import SyntheticSpec, generate_sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = ROOT / ".cache" / "bench_models"
+VARIANTS = {  # label: (backend, precision)
+    "keras": ("keras", "f32"),
+    "onnx": ("onnx", "f32"),
+    "openvino": ("openvino", "f32"),
+    "openvino-bf16": ("openvino", "bf16"),
+}
 BACKENDS = ("keras", "onnx", "openvino")
+STAND_IN_LEVELS = {"segmentation": 0.35, "centres": 0.65}  # green thresholds of the stand-ins
 MDA231 = PipelineSettings(PostprocessSettings("centres", min_area=20, min_volume=60, foi_border=25))
 TRIC = PipelineSettings(
     PostprocessSettings("distance", min_area=10, min_volume=20), TileSettings(1024, overlap=128)
@@ -69,16 +83,23 @@ TRIC_SHAPE = (13, 1745, 2440)
 def model_folder(
     preset: str, tasks: tuple[str, ...], settings: PipelineSettings, name: str
 ) -> Path:
-    """A model folder of ``preset`` networks (random weights), built and exported once."""
-    from efficientcellseg.model import build_model, resolve_config, save_model
+    """A model folder of ``preset`` stand-in networks, built and exported once."""
+    from efficientcellseg.model import (
+        build_model,
+        resolve_config,
+        save_model,
+        set_green_threshold_weights,
+    )
 
     config = dataclasses.replace(resolve_config(preset), encoder_weights=None)
-    networks = CACHE_DIR / preset
+    networks = CACHE_DIR / f"{preset}-stand-in"
     for task in tasks:
         path = networks / f"{task}.keras"
         if not inference.onnx_path(path).is_file():
             print(f"building and exporting the {preset} {task} network ...", flush=True)
-            save_model(build_model(config), path, {"config": config.to_dict(), "task": task})
+            model = build_model(config)
+            set_green_threshold_weights(model, config, STAND_IN_LEVELS[task], sharpness=40.0)
+            save_model(model, path, {"config": config.to_dict(), "task": task})
             inference.export_onnx(path)
     folder = CACHE_DIR / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -146,11 +167,14 @@ def stack_mode(args: argparse.Namespace) -> None:
         seq_dir = write_sequence(Path(tmp), synthetic_stacks(STACK_SHAPE, args.frames, 40))
         frames = sorted(seq_dir.glob("t*.tif"))
         segmenters = {}
-        for backend in args.backends:
+        for variant in args.variants:
+            backend, precision = VARIANTS[variant]
             start = time.perf_counter()
-            segmenters[backend] = Segmenter(folder, backend=backend, batch_size=args.batch_size)
-            print(f"{backend:9s} models opened in {time.perf_counter() - start:5.1f} s")
-        results: dict[str, list[dict[str, float]]] = {b: [] for b in args.backends}
+            segmenters[variant] = Segmenter(
+                folder, backend=backend, batch_size=args.batch_size, precision=precision
+            )
+            print(f"{variant:13s} models opened in {time.perf_counter() - start:5.1f} s")
+        results: dict[str, list[dict[str, float]]] = {v: [] for v in args.variants}
         order = list(segmenters)
         for repeat in range(args.repeats + 1):  # round 0 warms up and is not counted
             for frame in frames:
@@ -160,15 +184,17 @@ def stack_mode(args: argparse.Namespace) -> None:
                     stages = time_stack(segmenters[backend], frame, mask)
                     if repeat:
                         results[backend].append(stages)
-        baseline = args.backends[0]
+        baseline = args.variants[0]
+        occupied = [slices_with_foreground(segmenters[baseline], frame) for frame in frames]
         print(
             f"\n{STACK_SHAPE[0]}x{STACK_SHAPE[1]}x{STACK_SHAPE[2]} uint16 stack, paper "
             f"segmentation + centre networks, batch {args.batch_size}, "
             f"{inference.available_cores()} cores, load {os.getloadavg()[0]:.1f}; medians of "
-            f"{args.repeats} x {args.frames} stacks. Ratio: median of the per-stack ratios to "
-            f"{baseline} on the same stack right before or after. CPU: all threads' CPU time."
+            f"{args.repeats} x {args.frames} stacks; the centre network ran on {occupied} of "
+            f"{STACK_SHAPE[0]} slices. Ratio: median of the per-stack ratios to {baseline} on "
+            "the same stack right before or after. CPU: all threads' CPU time."
         )
-        for backend, rows in results.items():
+        for variant, rows in results.items():
             total = statistics.median(r["total"] for r in rows)
             fastest = min(r["total"] for r in rows)
             cpu = statistics.median(r["cpu"] for r in rows)
@@ -176,7 +202,7 @@ def stack_mode(args: argparse.Namespace) -> None:
                 r["total"] / b["total"] for r, b in zip(rows, results[baseline], strict=True)
             )
             print(
-                f"  {backend:9s} {total:6.2f} s per stack (min {fastest:5.2f}), "
+                f"  {variant:13s} {total:6.2f} s per stack (min {fastest:5.2f}), "
                 f"{ratio:4.2f} x {baseline}, CPU {cpu:5.2f} s"
             )
             stages = [s for s in rows[0] if s not in ("total", "cpu", "objects")]
@@ -184,13 +210,17 @@ def stack_mode(args: argparse.Namespace) -> None:
             print(f"      {split}   ({rows[0]['objects']} objects)")
 
 
+def slices_with_foreground(segmenter: Segmenter, frame_path: Path) -> int:
+    """Slices of a frame where the segmentation finds foreground (the centre network's work)."""
+    segmentation = segmenter.probabilities(ctc.read_image(frame_path))["segmentation"]
+    return int((segmentation > segmenter.settings.postprocess.threshold).any((1, 2)).sum())
+
+
 # --- sweep mode -----------------------------------------------------------------------------
 
 
 def sweep_candidates(model: Path, cores: int) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     """Network-only predictors: the library's, and variants of the settings that matter."""
-    import openvino as ov
-
     candidates = {}
     threads = sorted({1, cores})
     # TensorFlow takes its thread count once per process: only the default is measured
@@ -208,13 +238,10 @@ def sweep_candidates(model: Path, cores: int) -> dict[str, Callable[[np.ndarray]
             candidates[f"openvino threads={n} streams={streams}"] = open_predictor(
                 model, "openvino", threads=n, streams=streams
             )[0]
-    bf16 = ov.Core().compile_model(
-        str(inference.onnx_path(model)),
-        "CPU",
-        {**inference.openvino_config("CPU", cores), "INFERENCE_PRECISION_HINT": "bf16"},
-    )
-    request = bf16.create_infer_request()
-    candidates["openvino bf16 (not used)"] = lambda b: np.array(request.infer({0: b})[0])[..., 0]
+    for streams in sorted({1, cores}):
+        candidates[f"openvino bf16 streams={streams}"] = open_predictor(
+            model, "openvino", threads=cores, streams=streams, precision="bf16"
+        )[0]
     return candidates
 
 
@@ -330,7 +357,12 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_const", const="sweep", dest="mode")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median)")
     parser.add_argument("--frames", type=int, default=2, help="stacks per round (stack mode)")
-    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    parser.add_argument(
+        "--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), help="stack mode"
+    )
+    parser.add_argument(
+        "--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS), help="tric mode"
+    )
     parser.add_argument("--batch-size", type=int, default=inference.DEFAULT_BATCH_SIZE)
     parser.add_argument("--sweep-batches", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--model", choices=["tiny", "paper"], default="tiny", help="tric mode")

@@ -78,39 +78,6 @@ THRESHOLD_SHARPNESS = 40.0
 TINY_POSTPROCESS = {"min_area": 15, "min_volume": 40}
 
 
-def set_green_threshold_weights(model, config, level: float, sharpness: float) -> None:
-    """Make a built network compute sigmoid(sharpness * (green - level)) at every pixel.
-
-    The encoder keeps its (random) weights but is cut off: the last decoder stage reads only the
-    green channel of the input skip (the resized pseudocolor), through identity
-    convolutions and batch norms. The whole network still runs, on every backend.
-    """
-    import numpy as np
-
-    last = len(config.decoder_filters) - 1
-    upsampled_channels = config.decoder_filters[last - 1]
-    skip = model.get_layer(f"dec{last}_concat").input[1]._keras_history.operation
-    skip_scale = config.input_scale if skip.name == "input_scale" else 1.0  # scaled or not
-    eps = {}
-    for conv in range(2):
-        layer = model.get_layer(f"dec{last}_conv{conv}")
-        kernel, bias = (np.zeros_like(w) for w in layer.get_weights())
-        source = upsampled_channels + 1 if conv == 0 else 0  # the green input channel
-        kernel[1, 1, source, 0] = 1.0 / skip_scale if conv == 0 else 1.0
-        layer.set_weights([kernel, bias])
-        norm = model.get_layer(f"dec{last}_bn{conv}")
-        gamma, beta, mean, variance = norm.get_weights()
-        norm.set_weights(
-            [np.ones_like(gamma), np.zeros_like(beta), np.zeros_like(mean), np.ones_like(variance)]
-        )
-        eps[conv] = norm.epsilon
-    head = model.get_layer("head")
-    kernel, bias = (np.zeros_like(w) for w in head.get_weights())
-    kernel[0, 0, 0, 0] = sharpness * np.sqrt((1 + eps[0]) * (1 + eps[1]))
-    bias[0] = -sharpness * level
-    head.set_weights([kernel, bias])
-
-
 @pytest.fixture(scope="session")
 def tiny_model_folder(tmp_path_factory):
     """Factory ``tiny_model_folder(kind="distance") -> Path`` of a complete model folder.
@@ -125,7 +92,12 @@ def tiny_model_folder(tmp_path_factory):
     import shutil
 
     from efficientcellseg.inference import export_onnx
-    from efficientcellseg.model import build_model, resolve_config, save_model
+    from efficientcellseg.model import (
+        build_model,
+        resolve_config,
+        save_model,
+        set_green_threshold_weights,
+    )
     from efficientcellseg.postprocess import PostprocessSettings
     from efficientcellseg.segment import PipelineSettings, write_pipeline_settings
 

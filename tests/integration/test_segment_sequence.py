@@ -18,8 +18,10 @@ import tifffile
 
 from efficientcellseg import ctc
 from efficientcellseg.cli import main
-from efficientcellseg.inference import choose_backend
+from efficientcellseg.inference import choose_backend, predict_slices
 from efficientcellseg.metrics import seg_frame
+from efficientcellseg.postprocess import postprocess_frame
+from efficientcellseg.pseudocolor import pseudocolor_frame
 from efficientcellseg.segment import Segmenter, segment_sequence
 from efficientcellseg.synthetic import SyntheticSpec, write_synthetic_dataset
 
@@ -84,6 +86,23 @@ def test_predict_command_segments_every_frame(
     assert sequence_seg(synthetic_dataset, "01", result_dir) >= 0.65
 
 
+def test_predict_command_takes_threads_and_bf16(small_dataset, tiny_model_folder, tmp_path):
+    import openvino as ov
+
+    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this CPU has no bfloat16 instructions")
+    models = str(tiny_model_folder("distance"))
+    for precision in ("f32", "bf16"):
+        assert main(
+            ["predict", "--models", models, "--threads", "1", "--precision", precision,
+             str(small_dataset / "01"), str(tmp_path / precision)]
+        ) == 0  # fmt: skip
+    masks = {p: assert_ctc_masks(small_dataset / "01", tmp_path / p) for p in ("f32", "bf16")}
+    for f32, bf16 in zip(masks["f32"], masks["bf16"], strict=True):
+        # the tiny networks' probabilities move by ~4e-3: a few pixels cross the threshold
+        assert ((f32 > 0) != (bf16 > 0)).mean() < 0.01
+
+
 def test_centres_kind_uses_both_networks(synthetic_dataset, tiny_model_folder, tmp_path) -> None:
     folder = tiny_model_folder("centres")
     gold = ctc.open_sequence(synthetic_dataset, "02").gt_seg
@@ -102,6 +121,27 @@ def test_centres_kind_uses_both_networks(synthetic_dataset, tiny_model_folder, t
         f"mask{frame:03d}.tif" for frame in annotated
     ]
     assert sequence_seg(synthetic_dataset, "02", tmp_path / "02_RES", annotated) >= 0.45
+
+
+def test_centre_network_runs_only_where_there_is_foreground(small_dataset, tiny_model_folder):
+    """Skipping the centre network on slices without foreground leaves the masks unchanged."""
+    frame = ctc.read_image(small_dataset / "01" / "t001.tif")
+    blank = np.zeros((3, *frame.shape[1:]), frame.dtype)
+    frame = np.concatenate([blank, frame, blank])  # slices above and below the cells
+    segmenter = Segmenter(tiny_model_folder("centres"), backend="onnx")
+    network = segmenter.predictors["centres"]
+    calls = []
+    segmenter.predictors["centres"] = lambda batch: calls.append(len(batch)) or network(batch)
+    maps = segmenter.probabilities(frame)
+    occupied = (maps["segmentation"] > segmenter.settings.postprocess.threshold).any((1, 2))
+    assert 0 < occupied.sum() <= len(frame) - 6
+    assert sum(calls) == occupied.sum()
+    assert not maps["centres"][~occupied].any()
+    every_slice = predict_slices(network, pseudocolor_frame(frame))
+    np.testing.assert_allclose(maps["centres"][occupied], every_slice[occupied], atol=1e-6)
+    expected = postprocess_frame(maps["segmentation"], every_slice, segmenter.settings.postprocess)
+    assert expected.max() > 0
+    np.testing.assert_array_equal(segmenter.segment(frame), expected)
 
 
 def test_backends_give_the_same_masks(small_dataset, tiny_model_folder) -> None:

@@ -13,6 +13,7 @@ with script_log(snakemake.log[0]):
         snakemake.params.model_dir,
         backend=snakemake.params.inference.get("backend", "auto"),
         batch_size=snakemake.params.inference.get("batch_size", 4),
+        precision=snakemake.params.inference.get("precision", "f32"),
         threads=snakemake.threads,
     )
     Path(snakemake.output[0]).write_text(json.dumps(summary, indent=2) + "\n")

@@ -125,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=Path, required=True, help="model folder (with pipeline.json)")
     p.add_argument("--backend", default="auto", choices=["auto", "keras", "onnx", "openvino"])
     p.add_argument("--batch-size", type=int, default=4, help="slices per batch (default 4)")
+    p.add_argument(
+        "--precision",
+        default="f32",
+        choices=["f32", "bf16"],
+        help="bf16: OpenVINO in bfloat16 on CPUs with AMX/AVX512-BF16, ~2x faster (default f32)",
+    )
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores available)")
     p.add_argument("--frames", type=int, nargs="+", help="only these frame numbers")
     p.add_argument(
         "--overwrite", action="store_true", help="redo masks that exist (default: resume)"
@@ -231,6 +238,8 @@ def _predict(args: argparse.Namespace) -> None:
         args.models,
         backend=args.backend,
         batch_size=args.batch_size,
+        precision=args.precision,
+        threads=args.threads,
         frames=args.frames,
         overwrite=args.overwrite,
         progress=sys.stderr.isatty(),

@@ -3,14 +3,18 @@
 Backends: ``keras`` (a compiled TensorFlow function on the ``.keras`` file), ``onnx`` (ONNX
 Runtime) and ``openvino`` (OpenVINO, reading the same ONNX file). The ONNX file is exported
 beside the ``.keras`` model after training (:func:`export_onnx`). All three compute in float32
-and agree to about 1e-5. ``auto`` (:func:`choose_backend`) takes TensorFlow when it sees a GPU,
-and otherwise the fastest CPU backend measured with ``benchmarks/bench_inference.py`` that can run
-here (OpenVINO, then ONNX Runtime, then TensorFlow).
+and agree to about 1e-5; on request (``precision="bf16"``) OpenVINO computes in bfloat16 on CPUs
+with AMX or AVX512-BF16, about twice as fast. ``auto`` (:func:`choose_backend`) takes TensorFlow
+when it sees a GPU, and otherwise the fastest CPU backend measured with
+``benchmarks/bench_inference.py`` that can run here (OpenVINO, then ONNX Runtime, then
+TensorFlow).
 
 CPU settings that matter (measured on a 2-core Xeon with AMX, see the benchmark):
 
 * OpenVINO runs in bfloat16 by default on CPUs with AMX or AVX512-BF16, which changes the
-  probabilities by up to ~0.1; precision is pinned to f32 (``INFERENCE_PRECISION_HINT``).
+  probabilities (a trained tiny network: by up to 0.08, 5e-5 of the pixels change class,
+  SEG by 3e-4; ``benchmarks/bench_precision.py``); precision is pinned to f32
+  (``INFERENCE_PRECISION_HINT``) unless bf16 is asked for.
 * Threads are limited to the cores this process may use (``os.sched_getaffinity``): more threads
   than cores (the workflow may ask for more) slow every runtime down.
 * ONNX Runtime's worker threads spin while waiting by default; on cores shared with other work
@@ -43,6 +47,7 @@ RUNTIME_MODULES = {"keras": "tensorflow", "onnx": "onnxruntime", "openvino": "op
 DEFAULT_BATCH_SIZE = 4  # slices (or tiles) per call; see benchmarks/bench_inference.py
 DEFAULT_STREAMS = 2  # slices computed at once by the ONNX backends on a CPU (ditto)
 ONNX_OPSET = 17
+PRECISIONS = ("f32", "bf16")  # bf16: OpenVINO on a CPU with bfloat16 instructions only
 
 Predict = Callable[[np.ndarray], np.ndarray]  # (N, H, W, 3) float32 -> (N, H, W) float32
 
@@ -191,6 +196,7 @@ def open_predictor(
     *,
     threads: int | None = None,
     streams: int | None = None,
+    precision: str = "f32",
 ) -> tuple[Predict, str]:
     """A function mapping a batch of pseudocolor slices to probability maps, and its backend.
 
@@ -206,6 +212,9 @@ def open_predictor(
         ONNX backends on a CPU: slices computed at the same time, each with
         ``threads // streams`` threads (default :data:`DEFAULT_STREAMS`, at most ``threads``).
         Ignored by ``keras`` and on a GPU.
+    precision
+        ``f32`` (all backends) or ``bf16`` (OpenVINO on a CPU with AMX or AVX512-BF16, which
+        ``auto`` then chooses): about twice as fast, probabilities off by up to a few 1e-3.
 
     Returns
     -------
@@ -213,16 +222,24 @@ def open_predictor(
         ``predict`` taking (N, H, W, 3) float32 in [0, 1] and returning (N, H, W) float32, and
         the name of the backend chosen.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
+    if precision == "bf16":
+        if backend not in ("auto", "openvino"):
+            raise ValueError(f"precision bf16 needs the openvino backend, not {backend}")
+        backend = "openvino"
     backend = choose_backend(model_path, backend)
     threads = resolve_threads(threads)
     streams = max(1, min(threads, DEFAULT_STREAMS if streams is None else streams))
     log.info(
-        "%s: backend %s, %d threads, %d streams", Path(model_path).name, backend, threads, streams
-    )
+        "%s: backend %s (%s), %d threads, %d streams",
+        Path(model_path).name, backend, precision, threads, streams,
+    )  # fmt: skip
     if backend == "keras":
         return _keras_predictor(Path(model_path), threads), backend
-    opener = {"onnx": _onnx_predictor, "openvino": _openvino_predictor}[backend]
-    return opener(Path(model_path), threads, streams), backend
+    if backend == "onnx":
+        return _onnx_predictor(Path(model_path), threads, streams), backend
+    return _openvino_predictor(Path(model_path), threads, streams, precision), backend
 
 
 def _keras_predictor(model_path: Path, threads: int) -> Predict:
@@ -290,10 +307,13 @@ def _onnx_predictor(model_path: Path, threads: int, streams: int) -> Predict:
     return predict
 
 
-def openvino_config(device: str, threads: int, streams: int = 1) -> dict[str, str]:
-    """OpenVINO compile settings: f32 always (the CPU default is bf16 where AMX/AVX512-BF16
-    exist, the GPU default f16); on a CPU ``threads`` threads shared by ``streams`` streams."""
-    config = {"INFERENCE_PRECISION_HINT": "f32"}
+def openvino_config(
+    device: str, threads: int, streams: int = 1, precision: str = "f32"
+) -> dict[str, str]:
+    """OpenVINO compile settings: ``precision`` always (the CPU default is bf16 where
+    AMX/AVX512-BF16 exist, the GPU default f16); on a CPU ``threads`` threads shared by
+    ``streams`` streams."""
+    config = {"INFERENCE_PRECISION_HINT": precision}
     if device != "CPU":
         return {**config, "PERFORMANCE_HINT": "LATENCY"}
     config["INFERENCE_NUM_THREADS"] = str(threads)
@@ -302,14 +322,22 @@ def openvino_config(device: str, threads: int, streams: int = 1) -> dict[str, st
     return {**config, "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": str(streams)}
 
 
-def _openvino_predictor(model_path: Path, threads: int, streams: int) -> Predict:
+def _openvino_predictor(model_path: Path, threads: int, streams: int, precision: str) -> Predict:
     import openvino as ov
 
     core = ov.Core()
-    device = "GPU" if "GPU" in core.available_devices else "CPU"
+    device = "GPU" if "GPU" in core.available_devices and precision == "f32" else "CPU"
+    has_bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if precision == "bf16" and not has_bf16:
+        raise RuntimeError(
+            "precision bf16: this CPU has no bfloat16 instructions (AMX or AVX512-BF16); "
+            "use precision f32"
+        )
+    if device == "CPU" and precision == "f32" and has_bf16:
+        log.info("this CPU computes in bfloat16: precision bf16 would be about twice as fast")
     streams = streams if device == "CPU" else 1
     compiled = core.compile_model(
-        str(onnx_path(model_path)), device, openvino_config(device, threads, streams)
+        str(onnx_path(model_path)), device, openvino_config(device, threads, streams, precision)
     )
     if streams == 1:
         request = compiled.create_infer_request()

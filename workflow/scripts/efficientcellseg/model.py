@@ -153,6 +153,41 @@ def build_model(config: ModelConfig, *, name: str = "efficientcellseg"):
     return keras.Model(image, output, name=name)
 
 
+def set_green_threshold_weights(model, config: ModelConfig, level: float, sharpness: float) -> None:
+    """Make a built network compute sigmoid(sharpness * (green - level)) at every pixel.
+
+    A stand-in for a trained network, for tests and benchmarks: its output is known, it finds
+    the bright cells of synthetic data, and it does all the work of the real one. The encoder
+    keeps its (random) weights but is cut off: the last decoder stage reads only the
+    green channel of the input skip (the resized pseudocolor), through identity
+    convolutions and batch norms. The whole network still runs, on every backend.
+    """
+    import numpy as np
+
+    last = len(config.decoder_filters) - 1
+    upsampled_channels = config.decoder_filters[last - 1]
+    skip = model.get_layer(f"dec{last}_concat").input[1]._keras_history.operation
+    skip_scale = config.input_scale if skip.name == "input_scale" else 1.0  # scaled or not
+    eps = {}
+    for conv in range(2):
+        layer = model.get_layer(f"dec{last}_conv{conv}")
+        kernel, bias = (np.zeros_like(w) for w in layer.get_weights())
+        source = upsampled_channels + 1 if conv == 0 else 0  # the green input channel
+        kernel[1, 1, source, 0] = 1.0 / skip_scale if conv == 0 else 1.0
+        layer.set_weights([kernel, bias])
+        norm = model.get_layer(f"dec{last}_bn{conv}")
+        gamma, beta, mean, variance = norm.get_weights()
+        norm.set_weights(
+            [np.ones_like(gamma), np.zeros_like(beta), np.zeros_like(mean), np.ones_like(variance)]
+        )
+        eps[conv] = norm.epsilon
+    head = model.get_layer("head")
+    kernel, bias = (np.zeros_like(w) for w in head.get_weights())
+    kernel[0, 0, 0, 0] = sharpness * np.sqrt((1 + eps[0]) * (1 + eps[1]))
+    bias[0] = -sharpness * level
+    head.set_weights([kernel, bias])
+
+
 def parameter_counts(model, config: ModelConfig) -> dict[str, int]:
     """Total, encoder (backbone up to the cut layer) and decoder parameter counts."""
     import keras

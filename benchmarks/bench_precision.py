@@ -1,0 +1,127 @@
+"""What inference in bfloat16 costs in accuracy: a trained network run by OpenVINO in f32 and bf16.
+
+``bench_inference.py`` measures how much faster bf16 is (OpenVINO on a CPU with AMX or
+AVX512-BF16); this measures what it changes, on a network that has learned something: the tiny
+network trained as in the learning test (tests/integration/test_training.py: GT of four
+synthetic sequences, float32 training) segments two held-out sequences with the same weights in
+both precisions. Printed: the largest probability difference, the fraction of pixels that change
+class, foreground IoU against the gold truth, and CTC SEG of the masks of the whole pipeline
+(distance watershed) for each precision. Nothing is asserted.
+
+The trained network is kept in .cache/bench_precision/ (about 2 minutes to train on 2 cores).
+
+Usage: .venv/bin/python benchmarks/bench_precision.py [--retrain]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from efficientcellseg import ctc
+from efficientcellseg.inference import export_onnx, open_predictor, predict_slices
+from efficientcellseg.metrics import evaluate_sequence
+from efficientcellseg.model import resolve_config
+from efficientcellseg.postprocess import PostprocessSettings
+from efficientcellseg.pseudocolor import pseudocolor_frame
+from efficientcellseg.segment import PipelineSettings, segment_sequence, write_pipeline_settings
+from efficientcellseg.synthetic import SyntheticSpec, write_synthetic_dataset
+from efficientcellseg.training import TrainingOutputs, TrainingSettings, train
+from efficientcellseg.training_data import collect_annotated_slices, save_annotated_slices
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE_DIR = ROOT / ".cache" / "bench_precision"
+# the learning test's data and settings
+DATASET = SyntheticSpec(seed=0, n_sequences=6, n_frames=2)
+TRAIN_ON, HELD_OUT = ("01", "02", "03", "04"), ("05", "06")
+SETTINGS = TrainingSettings(
+    training_set="GT", epochs=20, steps_per_epoch=20, learning_rate=3e-3, reduce_lr_patience=2
+)
+POSTPROCESS = PostprocessSettings("distance", min_area=15, min_volume=40)
+PRECISIONS = ("f32", "bf16")
+
+
+def trained_model_folder(retrain: bool) -> tuple[Path, Path]:
+    """The synthetic dataset and a model folder with the trained tiny network (cached)."""
+    dataset = CACHE_DIR / "Synthetic-3D"
+    models = CACHE_DIR / "models"
+    model = models / "segmentation.keras"
+    if retrain:
+        shutil.rmtree(CACHE_DIR, ignore_errors=True)
+    if not model.with_suffix(".onnx").is_file():
+        print("training the tiny network on 4 synthetic sequences ...", flush=True)
+        write_synthetic_dataset(dataset, DATASET)
+        slices = [CACHE_DIR / f"{seq}.npz" for seq in TRAIN_ON]
+        for seq, path in zip(TRAIN_ON, slices, strict=True):
+            save_annotated_slices(path, collect_annotated_slices(dataset, seq, ("GT",)))
+        outputs = TrainingOutputs(
+            model, models / "segmentation_log.csv", models / "segmentation_curve.png",
+            models / ".segmentation_checkpoint",
+        )  # fmt: skip
+        train(slices, outputs, resolve_config("tiny"), SETTINGS)
+        export_onnx(model)
+    write_pipeline_settings(models, PipelineSettings(POSTPROCESS))
+    return dataset, models
+
+
+def compare_maps(dataset: Path, models: Path) -> None:
+    """Probability maps of both precisions on every annotated frame of the held-out sequences."""
+    predictors = {
+        p: open_predictor(models / "segmentation.keras", "openvino", precision=p)[0]
+        for p in PRECISIONS
+    }
+    overlap = {p: [0, 0] for p in PRECISIONS}  # intersection, union with the gold truth
+    largest_difference, flipped, pixels = 0.0, 0, 0
+    for sequence in HELD_OUT:
+        seq = ctc.open_sequence(dataset, sequence)
+        for frame in sorted({ann.frame for ann in seq.gt_seg}):
+            colour = pseudocolor_frame(ctc.read_image(seq.frames[frame]))
+            maps = {p: predict_slices(predict, colour) for p, predict in predictors.items()}
+            largest_difference = max(
+                largest_difference, float(np.abs(maps["f32"] - maps["bf16"]).max())
+            )
+            flipped += int(np.count_nonzero((maps["f32"] > 0.5) != (maps["bf16"] > 0.5)))
+            pixels += maps["f32"].size
+            for ann in (a for a in seq.gt_seg if a.frame == frame):
+                truth = ctc.read_annotation(ann, seq.frame_shape) > 0
+                for precision, probability in maps.items():
+                    found = (probability[ann.slice] if ann.is_slice else probability) > 0.5
+                    overlap[precision][0] += np.count_nonzero(found & truth)
+                    overlap[precision][1] += np.count_nonzero(found | truth)
+    print(
+        f"probabilities: max |f32 - bf16| {largest_difference:.3f}; "
+        f"{flipped / pixels:.1e} of the pixels change class (threshold 0.5)"
+    )
+    for precision, (intersection, union) in overlap.items():
+        print(f"  {precision:5s} held-out foreground IoU {intersection / union:.4f}")
+
+
+def compare_masks(dataset: Path, models: Path) -> None:
+    """CTC SEG of the whole pipeline's masks in both precisions."""
+    for precision in PRECISIONS:
+        scores = []
+        for sequence in HELD_OUT:
+            results = CACHE_DIR / f"{sequence}_RES_{precision}"
+            segment_sequence(
+                dataset / sequence, results, models, backend="openvino",
+                precision=precision, overwrite=True,
+            )  # fmt: skip
+            scores.append(evaluate_sequence(dataset, sequence, results).seg)
+        split = ", ".join(f"{s}: {v:.4f}" for s, v in zip(HELD_OUT, scores, strict=True))
+        print(f"  {precision:5s} SEG {np.mean(scores):.4f} ({split})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--retrain", action="store_true", help="train the network again")
+    args = parser.parse_args()
+    dataset, models = trained_model_folder(args.retrain)
+    compare_maps(dataset, models)
+    compare_masks(dataset, models)
+
+
+if __name__ == "__main__":
+    main()
