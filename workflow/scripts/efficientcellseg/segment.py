@@ -137,8 +137,8 @@ class Segmenter:
             with self._timed("centres"):
                 occupied = (maps["segmentation"] > self.settings.postprocess.threshold).any((1, 2))
                 maps["centres"] = np.zeros_like(maps["segmentation"])
-                if occupied.any():
-                    maps["centres"][occupied] = self._predict("centres", slices[occupied])
+                for start, stop in _runs(occupied):  # views: copying the slices costs ~5%
+                    maps["centres"][start:stop] = self._predict("centres", slices[start:stop])
             log.debug("centre network on %d of %d slices", occupied.sum(), len(occupied))
         del colour, slices
         if frame.ndim == 2:
@@ -261,6 +261,12 @@ def _remove_stale_temporaries(result_dir: Path) -> None:
         for tmp in result_dir.glob(".mask*.part"):
             log.info("removing %s, left by an interrupted run", tmp)
             tmp.unlink(missing_ok=True)
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) of every run of consecutive True values in a 1D boolean array."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], flags.astype(np.int8), [0]])))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
 def _span(ids: list[int]) -> str:
