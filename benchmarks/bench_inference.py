@@ -11,7 +11,8 @@ Modes (all print figures; nothing is asserted):
     runs where a trained one would: on the slices with foreground. Per variant (keras, onnx,
     openvino in f32, openvino-bf16): the median seconds per stack over the repeats (variants
     interleaved, so load from other processes hits all of them alike), the ratio to the first,
-    and the median split per stage.
+    and the median split per stage. ``--models DIR --sequence Fluo-X/01`` measures a trained
+    model folder on the first ``--frames`` frames of a real sequence instead.
 ``sweep``
     The paper segmentation network alone on 512 x 512 slices: milliseconds per slice for batch
     sizes, threads, streams (slices computed at once), ONNX Runtime thread spinning, and, for
@@ -31,7 +32,8 @@ Model folders are built once and kept in .cache/bench_models/ (the paper network
 minute to build and export).
 
 Usage: .venv/bin/python benchmarks/bench_inference.py [--mode stack|sweep|tric] [--repeats 5]
-       [--frames 2] [--variants keras onnx openvino openvino-bf16 (stack)]
+       [--frames 2] [--variants keras onnx openvino openvino-bf16] [--models DIR]
+       [--sequence SEQ_DIR] (stack)
        [--backends keras onnx openvino (tric)] [--model paper|tiny (tric)]
 """
 
@@ -162,10 +164,18 @@ def time_stack(segmenter: Segmenter, frame_path: Path, mask_path: Path) -> dict[
 
 
 def stack_mode(args: argparse.Namespace) -> None:
-    folder = model_folder("paper", ("segmentation", "centres"), MDA231, "paper-MDA231")
+    if args.models:
+        folder = args.models
+    else:
+        folder = model_folder("paper", ("segmentation", "centres"), MDA231, "paper-MDA231")
     with tempfile.TemporaryDirectory() as tmp:
-        seq_dir = write_sequence(Path(tmp), synthetic_stacks(STACK_SHAPE, args.frames, 40))
-        frames = sorted(seq_dir.glob("t*.tif"))
+        if args.sequence:
+            frames = ctc.open_sequence(args.sequence.parent, args.sequence.name).frames
+            frames = [frames[t] for t in sorted(frames)[: args.frames]]
+        else:
+            seq_dir = write_sequence(Path(tmp), synthetic_stacks(STACK_SHAPE, args.frames, 40))
+            frames = sorted(seq_dir.glob("t*.tif"))
+        shape = ctc.read_image(frames[0]).shape
         segmenters = {}
         for variant in args.variants:
             backend, precision = VARIANTS[variant]
@@ -186,13 +196,14 @@ def stack_mode(args: argparse.Namespace) -> None:
                         results[backend].append(stages)
         baseline = args.variants[0]
         occupied = [slices_with_foreground(segmenters[baseline], frame) for frame in frames]
+        source = args.sequence or "synthetic"
         print(
-            f"\n{STACK_SHAPE[0]}x{STACK_SHAPE[1]}x{STACK_SHAPE[2]} uint16 stack, paper "
-            f"segmentation + centre networks, batch {args.batch_size}, "
-            f"{inference.available_cores()} cores, load {os.getloadavg()[0]:.1f}; medians of "
-            f"{args.repeats} x {args.frames} stacks; the centre network ran on {occupied} of "
-            f"{STACK_SHAPE[0]} slices. Ratio: median of the per-stack ratios to {baseline} on "
-            "the same stack right before or after. CPU: all threads' CPU time."
+            f"\n{'x'.join(map(str, shape))} frames of {source}, networks of {folder}, batch "
+            f"{args.batch_size}, {inference.available_cores()} cores, load "
+            f"{os.getloadavg()[0]:.1f}; medians of {args.repeats} x {len(frames)} frames; slices "
+            f"with foreground (the centre network's share): {occupied}. Ratio: median of the "
+            f"per-frame ratios to {baseline} on the same frame right before or after. CPU: all "
+            "threads' CPU time."
         )
         for variant, rows in results.items():
             total = statistics.median(r["total"] for r in rows)
@@ -213,7 +224,8 @@ def stack_mode(args: argparse.Namespace) -> None:
 def slices_with_foreground(segmenter: Segmenter, frame_path: Path) -> int:
     """Slices of a frame where the segmentation finds foreground (the centre network's work)."""
     segmentation = segmenter.probabilities(ctc.read_image(frame_path))["segmentation"]
-    return int((segmentation > segmenter.settings.postprocess.threshold).any((1, 2)).sum())
+    slices = segmentation.reshape(-1, *segmentation.shape[-2:])  # a 2D frame: one slice
+    return int((slices > segmenter.settings.postprocess.threshold).any((1, 2)).sum())
 
 
 # --- sweep mode -----------------------------------------------------------------------------
@@ -357,6 +369,12 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_const", const="sweep", dest="mode")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median)")
     parser.add_argument("--frames", type=int, default=2, help="stacks per round (stack mode)")
+    parser.add_argument(
+        "--models", type=Path, help="stack mode: a trained model folder instead of the stand-ins"
+    )
+    parser.add_argument(
+        "--sequence", type=Path, help="stack mode: frames of a CTC sequence (e.g. Fluo-X/01)"
+    )
     parser.add_argument(
         "--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), help="stack mode"
     )
