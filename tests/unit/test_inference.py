@@ -84,7 +84,7 @@ def test_openvino_runs_in_f32_even_where_the_cpu_offers_bf16(random_tiny_model) 
 
 
 def test_bf16_when_asked_for_runs_openvino_in_bf16_and_is_refused_elsewhere(
-    random_tiny_model, random_predictors
+    random_tiny_model, random_predictors, monkeypatch
 ) -> None:
     import openvino as ov
 
@@ -99,6 +99,9 @@ def test_bf16_when_asked_for_runs_openvino_in_bf16_and_is_refused_elsewhere(
         return
     predict, backend = open_predictor(random_tiny_model, precision="bf16")
     assert backend == "openvino"
+    with monkeypatch.context() as patch:  # a GPU beats bf16 on the CPU
+        patch.setattr(inference, "gpu_available", lambda: True)
+        assert open_predictor(random_tiny_model, precision="bf16")[1] == "keras"
     images = pseudocolor_like((3, 150, 170, 3))
     difference = np.abs(predict(images) - random_predictors["keras"](images)).max()
     # bf16 keeps 8 significant bits: visibly different from f32 (1e-6 here), yet close
