@@ -16,7 +16,7 @@ Modes (all print figures; nothing is asserted):
 ``sweep``
     The paper segmentation network alone on 512 x 512 slices: milliseconds per slice for batch
     sizes, threads, streams (slices computed at once), ONNX Runtime thread spinning, and, for
-    comparison, OpenVINO in bf16 (``--precision bf16``, not the default). max|diff| is against
+    comparison, OpenVINO in bf16 (what ``predict --precision bf16`` runs). max|diff| is against
     keras: ~3e-4 for the f32 runtimes on these noise slices, because TensorFlow's and ONNX's
     bilinear resize (512 -> 384) differ in the last digits and the stand-ins' steep threshold
     multiplies input differences by 10; on 384x384 slices (no resize) it is 2e-7. What
@@ -176,25 +176,28 @@ def stack_mode(args: argparse.Namespace) -> None:
             seq_dir = write_sequence(Path(tmp), synthetic_stacks(STACK_SHAPE, args.frames, 40))
             frames = sorted(seq_dir.glob("t*.tif"))
         shape = ctc.read_image(frames[0]).shape
+        variants = [v for v in args.variants if VARIANTS[v][1] == "f32" or cpu_has_bf16()]
+        if variants != args.variants:
+            print("this CPU has no bfloat16 instructions: bf16 variants left out")
         segmenters = {}
-        for variant in args.variants:
+        for variant in variants:
             backend, precision = VARIANTS[variant]
             start = time.perf_counter()
             segmenters[variant] = Segmenter(
                 folder, backend=backend, batch_size=args.batch_size, precision=precision
             )
             print(f"{variant:13s} models opened in {time.perf_counter() - start:5.1f} s")
-        results: dict[str, list[dict[str, float]]] = {v: [] for v in args.variants}
+        results: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
         order = list(segmenters)
         for repeat in range(args.repeats + 1):  # round 0 warms up and is not counted
             for frame in frames:
                 order = order[1:] + order[:1]  # neighbours in time share the load they see
-                for backend in order:
-                    mask = Path(tmp) / f"{backend}.tif"
-                    stages = time_stack(segmenters[backend], frame, mask)
+                for variant in order:
+                    mask = Path(tmp) / f"{variant}.tif"
+                    stages = time_stack(segmenters[variant], frame, mask)
                     if repeat:
-                        results[backend].append(stages)
-        baseline = args.variants[0]
+                        results[variant].append(stages)
+        baseline = variants[0]
         occupied = [slices_with_foreground(segmenters[baseline], frame) for frame in frames]
         source = args.sequence or "synthetic"
         print(
@@ -219,6 +222,12 @@ def stack_mode(args: argparse.Namespace) -> None:
             stages = [s for s in rows[0] if s not in ("total", "cpu", "objects")]
             split = "  ".join(f"{s} {statistics.median(r[s] for r in rows):5.2f}" for s in stages)
             print(f"      {split}   ({rows[0]['objects']} objects)")
+
+
+def cpu_has_bf16() -> bool:
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def slices_with_foreground(segmenter: Segmenter, frame_path: Path) -> int:
@@ -250,7 +259,7 @@ def sweep_candidates(model: Path, cores: int) -> dict[str, Callable[[np.ndarray]
             candidates[f"openvino threads={n} streams={streams}"] = open_predictor(
                 model, "openvino", threads=n, streams=streams
             )[0]
-    for streams in sorted({1, cores}):
+    for streams in sorted({1, cores}) if cpu_has_bf16() else []:
         candidates[f"openvino bf16 streams={streams}"] = open_predictor(
             model, "openvino", threads=cores, streams=streams, precision="bf16"
         )[0]

@@ -131,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["f32", "bf16"],
         help="bf16: OpenVINO in bfloat16 on CPUs with AMX/AVX512-BF16, ~2x faster (default f32)",
     )
-    p.add_argument("--threads", type=int, help="CPU threads (default: all cores available)")
+    p.add_argument(
+        "--threads", type=int, help="CPU threads (default, or 0: all cores available to it)"
+    )
     p.add_argument("--frames", type=int, nargs="+", help="only these frame numbers")
     p.add_argument(
         "--overwrite", action="store_true", help="redo masks that exist (default: resume)"

@@ -170,6 +170,13 @@ def tiff_shape(path: Path) -> tuple[int, ...]:
     return _squeezed_shape(tuple(shape))
 
 
+def tiff_metadata(path: Path) -> dict:
+    """The JSON metadata tifffile stores with an image (``{}`` when there is none)."""
+    with tifffile.TiffFile(path) as tif:
+        shaped = tif.shaped_metadata
+    return dict(shaped[0]) if shaped else {}
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read a frame (2D or 3D) from a TIFF file, with singleton axes removed."""
     path = Path(path)
@@ -242,8 +249,11 @@ def write_man_track(path: str | os.PathLike, tracks: np.ndarray) -> None:
     atomic_write_bytes(Path(path), text.encode())
 
 
-def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
-    """Write labels as a uint16 TIFF, atomically: no half-written file survives an interrupt."""
+def write_labels(path: str | os.PathLike, labels: np.ndarray, metadata: dict | None = None) -> None:
+    """Write labels as a uint16 TIFF, atomically: no half-written file survives an interrupt.
+
+    ``metadata`` (JSON-serialisable) is stored in the TIFF's description, beside the shape.
+    """
     path = Path(path)
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer):
@@ -253,7 +263,7 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
             f"{path}: labels must lie in 0..{MAX_LABEL} to be stored as uint16, "
             f"got {labels.min()}..{labels.max()}"
         )
-    write_tiff(path, labels.astype(np.uint16, copy=False))
+    write_tiff(path, labels.astype(np.uint16, copy=False), metadata=metadata or {})
 
 
 def write_tiff(path: str | os.PathLike, image: np.ndarray, **kwargs) -> None:

@@ -3,17 +3,17 @@
 Backends: ``keras`` (a compiled TensorFlow function on the ``.keras`` file), ``onnx`` (ONNX
 Runtime) and ``openvino`` (OpenVINO, reading the same ONNX file). The ONNX file is exported
 beside the ``.keras`` model after training (:func:`export_onnx`). All three compute in float32
-and agree to about 1e-5; on request (``precision="bf16"``) OpenVINO computes in bfloat16 on CPUs
-with AMX or AVX512-BF16, about twice as fast. ``auto`` (:func:`choose_backend`) takes TensorFlow
-when it sees a GPU, and otherwise the fastest CPU backend measured with
-``benchmarks/bench_inference.py`` that can run here (OpenVINO, then ONNX Runtime, then
-TensorFlow).
+and agree to 1e-4 (tested; about 1e-5 with random weights); on request (``precision="bf16"``)
+OpenVINO computes in bfloat16 on CPUs with AMX or AVX512-BF16, about twice as fast. ``auto``
+(:func:`choose_backend`) takes TensorFlow when it sees a GPU, and otherwise the fastest CPU
+backend measured with ``benchmarks/bench_inference.py`` that can run here (OpenVINO, then ONNX
+Runtime, then TensorFlow).
 
 CPU settings that matter (measured on a 2-core Xeon with AMX, see the benchmark):
 
 * OpenVINO runs in bfloat16 by default on CPUs with AMX or AVX512-BF16, which changes the
   probabilities (a trained tiny network: by up to 0.08, 5e-5 of the pixels change class,
-  SEG by 3e-4; ``benchmarks/bench_precision.py``); precision is pinned to f32
+  held-out SEG by 2e-4; ``benchmarks/bench_precision.py``); precision is pinned to f32
   (``INFERENCE_PRECISION_HINT``) unless bf16 is asked for.
 * Threads are limited to the cores this process may use (``os.sched_getaffinity``): more threads
   than cores (the workflow may ask for more) slow every runtime down.
@@ -339,7 +339,7 @@ def _openvino_predictor(model_path: Path, threads: int, streams: int, precision:
             "use precision f32"
         )
     if device == "CPU" and precision == "f32" and has_bf16:
-        log.info("this CPU computes in bfloat16: precision bf16 would be about twice as fast")
+        log.info("this CPU supports bfloat16: precision bf16 would be about twice as fast")
     streams = streams if device == "CPU" else 1
     compiled = core.compile_model(
         str(onnx_path(model_path)), device, openvino_config(device, threads, streams, precision)

@@ -8,9 +8,11 @@ call :func:`segment_sequence`. A model folder is self-contained::
     pipeline.json       post-processing and tiling settings of the dataset
 
 Masks are written atomically (a temporary file renamed into place), and a frame whose mask
-exists, has the frame's shape and is newer than every file of the model folder is skipped, so an
-interrupted run finishes the missing frames without redoing the others, while new models redo
-them all. Temporary files an interrupted run left behind are removed.
+exists, has the frame's shape, is newer than every file of the model folder and was made with
+the same backend and precision (recorded in each mask's TIFF description) is skipped, so an
+interrupted run finishes the missing frames without redoing the others, while new models or
+other inference settings redo them all. Temporary files an interrupted run left behind are
+removed.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from .pseudocolor import pseudocolor_frame
 log = logging.getLogger(__name__)
 
 PIPELINE_FILE = "pipeline.json"
+MADE_WITH = "efficientcellseg_inference"  # key of a mask's metadata: the backend and precision
 MODEL_FILES = {"segmentation": "segmentation.keras", "centres": "centres.keras"}
 
 
@@ -124,7 +127,8 @@ class Segmenter:
         """Per-slice probability maps of every network, (Z, H, W) float32 (a 2D frame: (H, W)).
 
         The centre network runs only on slices where the segmentation finds foreground: the
-        post-processing reads the centre heatmap nowhere else, so the masks are the same, and
+        post-processing reads the centre heatmap nowhere else, so the masks are the same (up to
+        float rounding, where a backend's result depends on how slices are batched), and
         the slices above and below the cells of a 3D stack cost one network pass instead of
         two. The heatmap is 0 on the slices skipped.
         """
@@ -201,7 +205,8 @@ def segment_sequence(
         raise ValueError(f"{sequence_dir}: no frames {unknown}; it has {_span(seq.frame_ids)}")
     read_pipeline_settings(model_dir)  # a broken model folder fails before anything else
     _remove_stale_temporaries(result_dir)
-    finished = set() if overwrite else finished_masks(seq, result_dir, model_dir)
+    made_with = {"backend": backend, "precision": precision}
+    finished = set() if overwrite else finished_masks(seq, result_dir, model_dir, made_with)
     todo = [f for f in wanted if f not in finished]
     summary: dict[str, Any] = {
         "sequence": str(sequence_dir),
@@ -226,7 +231,9 @@ def segment_sequence(
             )
         labels = segmenter.segment(image)
         with segmenter._timed("write"):
-            ctc.write_labels(result_dir / ctc.mask_name(frame, seq.digits), labels)
+            ctc.write_labels(
+                result_dir / ctc.mask_name(frame, seq.digits), labels, {MADE_WITH: made_with}
+            )
         log.debug("frame %d: %d objects", frame, int(labels.max()))
     summary["backends"] = segmenter.backends
     summary["seconds"] = {k: round(v, 3) for k, v in segmenter.timings.items()}
@@ -234,8 +241,11 @@ def segment_sequence(
     return summary
 
 
-def finished_masks(seq: ctc.Sequence, result_dir: Path, model_dir: Path) -> set[int]:
-    """Frames whose mask exists, has the frame's shape and is newer than every model file."""
+def finished_masks(
+    seq: ctc.Sequence, result_dir: Path, model_dir: Path, made_with: dict[str, str]
+) -> set[int]:
+    """Frames whose mask exists, has the frame's shape, is newer than every model file and was
+    made with the inference settings ``made_with``."""
     model_files = [p for p in model_dir.iterdir() if p.is_file()] if model_dir.is_dir() else []
     models_time = max((p.stat().st_mtime for p in model_files), default=float("inf"))
     finished = set()
@@ -245,13 +255,16 @@ def finished_masks(seq: ctc.Sequence, result_dir: Path, model_dir: Path) -> set[
             continue
         try:
             shape = ctc.tiff_shape(mask)
+            settings = ctc.tiff_metadata(mask).get(MADE_WITH)
         except ctc.CTCFormatError:
             log.warning("%s is unreadable: segmenting frame %d again", mask, frame)
             continue
-        if shape == seq.frame_shape:
-            finished.add(frame)
-        else:
+        if shape != seq.frame_shape:
             log.warning("%s has shape %s, not %s: segmenting again", mask, shape, seq.frame_shape)
+        elif settings != made_with:
+            log.info("%s was made with %s, not %s: segmenting again", mask, settings, made_with)
+        else:
+            finished.add(frame)
     return finished
 
 
