@@ -12,9 +12,9 @@ Runtime, then TensorFlow).
 CPU settings that matter (measured on a 2-core Xeon with AMX, see the benchmark):
 
 * OpenVINO runs in bfloat16 by default on CPUs with AMX or AVX512-BF16, which changes the
-  probabilities (a trained tiny network: by up to 0.08, 5e-5 of the pixels change class,
-  held-out SEG by 2e-4; ``benchmarks/bench_precision.py``); precision is pinned to f32
-  (``INFERENCE_PRECISION_HINT``) unless bf16 is asked for.
+  probabilities (trained tiny / paper networks: by up to 0.08 / 0.10, 5e-5 / 2e-4 of the pixels
+  change class, held-out SEG by 2e-4 / 6e-4; ``benchmarks/bench_precision.py``); precision is
+  pinned to f32 (``INFERENCE_PRECISION_HINT``) unless bf16 is asked for.
 * Threads are limited to the cores this process may use (``os.sched_getaffinity``): more threads
   than cores (the workflow may ask for more) slow every runtime down.
 * ONNX Runtime's worker threads spin while waiting by default; on cores shared with other work
@@ -215,7 +215,7 @@ def open_predictor(
     precision
         ``f32`` (all backends) or ``bf16`` (OpenVINO on a CPU with AMX or AVX512-BF16, which
         ``auto`` then chooses unless TensorFlow sees a GPU): about twice as fast; probabilities
-        move (by up to 0.08 for a trained tiny network, where 5e-5 of the pixels changed class).
+        move (by up to 0.1 for trained networks, where 5e-5 to 2e-4 of the pixels changed class).
 
     Returns
     -------
