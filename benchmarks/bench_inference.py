@@ -176,7 +176,8 @@ def stack_mode(args: argparse.Namespace) -> None:
             seq_dir = write_sequence(Path(tmp), synthetic_stacks(STACK_SHAPE, args.frames, 40))
             frames = sorted(seq_dir.glob("t*.tif"))
         shape = ctc.read_image(frames[0]).shape
-        variants = [v for v in args.variants if VARIANTS[v][1] == "f32" or cpu_has_bf16()]
+        bf16 = inference.cpu_has_bf16()
+        variants = [v for v in args.variants if VARIANTS[v][1] == "f32" or bf16]
         if variants != args.variants:
             print("this CPU has no bfloat16 instructions: bf16 variants left out")
         segmenters = {}
@@ -224,12 +225,6 @@ def stack_mode(args: argparse.Namespace) -> None:
             print(f"      {split}   ({rows[0]['objects']} objects)")
 
 
-def cpu_has_bf16() -> bool:
-    import openvino as ov
-
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-
-
 def slices_with_foreground(segmenter: Segmenter, frame_path: Path) -> int:
     """Slices of a frame where the segmentation finds foreground (the centre network's work)."""
     segmentation = segmenter.probabilities(ctc.read_image(frame_path))["segmentation"]
@@ -259,7 +254,7 @@ def sweep_candidates(model: Path, cores: int) -> dict[str, Callable[[np.ndarray]
             candidates[f"openvino threads={n} streams={streams}"] = open_predictor(
                 model, "openvino", threads=n, streams=streams
             )[0]
-    for streams in sorted({1, cores}) if cpu_has_bf16() else []:
+    for streams in sorted({1, cores}) if inference.cpu_has_bf16() else []:
         candidates[f"openvino bf16 streams={streams}"] = open_predictor(
             model, "openvino", threads=cores, streams=streams, precision="bf16"
         )[0]

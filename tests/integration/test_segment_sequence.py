@@ -18,7 +18,7 @@ import tifffile
 
 from efficientcellseg import ctc
 from efficientcellseg.cli import main
-from efficientcellseg.inference import choose_backend, predict_slices
+from efficientcellseg.inference import choose_backend, cpu_has_bf16, predict_slices
 from efficientcellseg.metrics import seg_frame
 from efficientcellseg.postprocess import postprocess_frame
 from efficientcellseg.pseudocolor import pseudocolor_frame
@@ -87,10 +87,8 @@ def test_predict_command_segments_every_frame(
 
 
 def test_predict_command_takes_threads_and_bf16(small_dataset, tiny_model_folder, tmp_path):
-    import openvino as ov
-
     models = str(tiny_model_folder("distance"))
-    has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    has_bf16 = cpu_has_bf16()
     precisions = ("f32", "bf16") if has_bf16 else ("f32",)
     for precision in precisions:
         assert main(

@@ -156,25 +156,30 @@ def open_sequence(dataset_dir: str | os.PathLike, name: str) -> Sequence:
     )
 
 
-def tiff_shape(path: Path) -> tuple[int, ...]:
-    """Shape of the image in a TIFF file (singleton axes dropped) without reading its pixels."""
+def tiff_header(path: Path) -> tuple[tuple[int, ...], dict]:
+    """Shape of the image in a TIFF file (singleton axes dropped) and the JSON metadata tifffile
+    stores with it (``{}`` when there is none), without reading its pixels."""
     try:
         with tifffile.TiffFile(path) as tif:
             shape = tif.series[0].shape if tif.series else ()
+            shaped = tif.shaped_metadata
     except FileNotFoundError:
         raise CTCFormatError(f"{path}: file does not exist") from None
     except Exception as exc:
         raise CTCFormatError(f"{path}: not a readable TIFF file ({exc})") from exc
     if not shape or 0 in shape:
         raise CTCFormatError(f"{path}: not a readable TIFF file (it holds no image data)")
-    return _squeezed_shape(tuple(shape))
+    return _squeezed_shape(tuple(shape)), dict(shaped[0]) if shaped else {}
+
+
+def tiff_shape(path: Path) -> tuple[int, ...]:
+    """Shape of the image in a TIFF file (singleton axes dropped) without reading its pixels."""
+    return tiff_header(path)[0]
 
 
 def tiff_metadata(path: Path) -> dict:
     """The JSON metadata tifffile stores with an image (``{}`` when there is none)."""
-    with tifffile.TiffFile(path) as tif:
-        shaped = tif.shaped_metadata
-    return dict(shaped[0]) if shaped else {}
+    return tiff_header(path)[1]
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

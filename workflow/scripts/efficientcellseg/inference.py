@@ -312,6 +312,13 @@ def _onnx_predictor(model_path: Path, threads: int, streams: int) -> Predict:
     return predict
 
 
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO can compute in bfloat16 on this CPU (AMX or AVX512-BF16)."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 def openvino_config(
     device: str, threads: int, streams: int = 1, precision: str = "f32"
 ) -> dict[str, str]:
@@ -332,7 +339,7 @@ def _openvino_predictor(model_path: Path, threads: int, streams: int, precision:
 
     core = ov.Core()
     device = "GPU" if "GPU" in core.available_devices and precision == "f32" else "CPU"
-    has_bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    has_bf16 = cpu_has_bf16()
     if precision == "bf16" and not has_bf16:
         raise RuntimeError(
             "precision bf16: this CPU has no bfloat16 instructions (AMX or AVX512-BF16); "

@@ -254,15 +254,17 @@ def finished_masks(
         if not mask.is_file() or mask.stat().st_mtime < models_time:
             continue
         try:
-            shape = ctc.tiff_shape(mask)
-            settings = ctc.tiff_metadata(mask).get(MADE_WITH)
+            shape, metadata = ctc.tiff_header(mask)
         except ctc.CTCFormatError:
             log.warning("%s is unreadable: segmenting frame %d again", mask, frame)
             continue
         if shape != seq.frame_shape:
             log.warning("%s has shape %s, not %s: segmenting again", mask, shape, seq.frame_shape)
-        elif settings != made_with:
-            log.info("%s was made with %s, not %s: segmenting again", mask, settings, made_with)
+        elif metadata.get(MADE_WITH) != made_with:
+            log.info(
+                "%s was made with %s, not %s: segmenting again",
+                mask, metadata.get(MADE_WITH), made_with,
+            )  # fmt: skip
         else:
             finished.add(frame)
     return finished
