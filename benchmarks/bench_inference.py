@@ -56,9 +56,8 @@ from pathlib import Path
 import numpy as np
 
 from efficientcellseg import ctc, inference
-from efficientcellseg.inference import TileSettings, open_predictor
-from efficientcellseg.postprocess import PostprocessSettings
 from efficientcellseg.segment import PipelineSettings, Segmenter, write_pipeline_settings
+from efficientcellseg.settings import PostprocessSettings, TileSettings, open_predictor
 from efficientcellseg.synthetic import SyntheticSpec, generate_sequence
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,12 +87,12 @@ def model_folder(
     """A model folder of ``preset`` stand-in networks, built and exported once."""
     from efficientcellseg.model import (
         build_model,
-        resolve_config,
+        resolve_model,
         save_model,
         set_green_threshold_weights,
     )
 
-    config = dataclasses.replace(resolve_config(preset), encoder_weights=None)
+    config = dataclasses.replace(resolve_model(preset), encoder_weights=None)
     networks = CACHE_DIR / f"{preset}-stand-in"
     for task in tasks:
         path = networks / f"{task}.keras"

@@ -29,10 +29,9 @@ import numpy as np
 from efficientcellseg import ctc
 from efficientcellseg.inference import export_onnx, open_predictor, predict_slices
 from efficientcellseg.metrics import evaluate_sequence
-from efficientcellseg.model import resolve_config
-from efficientcellseg.postprocess import PostprocessSettings
 from efficientcellseg.pseudocolor import pseudocolor_frame
 from efficientcellseg.segment import PipelineSettings, segment_sequence, write_pipeline_settings
+from efficientcellseg.settings import PostprocessSettings, resolve_model
 from efficientcellseg.synthetic import SyntheticSpec, write_synthetic_dataset
 from efficientcellseg.training import TrainingOutputs, TrainingSettings, train
 from efficientcellseg.training_data import collect_annotated_slices, save_annotated_slices
@@ -72,7 +71,7 @@ def trained_model_folder(args: argparse.Namespace) -> tuple[Path, Path]:
             models / ".segmentation_checkpoint",
         )  # fmt: skip
         settings = {**SETTINGS, "epochs": args.epochs, "steps_per_epoch": args.steps}
-        config = dataclasses.replace(resolve_config(args.model), encoder_weights=None)
+        config = dataclasses.replace(resolve_model(args.model), encoder_weights=None)
         metadata = train(slices, outputs, config, TrainingSettings(**settings))
         print(f"trained: best validation IoU {metadata['best_val_iou']:.3f}")
         export_onnx(model)

@@ -41,7 +41,8 @@ def child(variant: str, config_name: str, size: int, batch: int, warmup: int, st
     import numpy as np
 
     from efficientcellseg.keras_parts import ThresholdedIoU, dice_loss
-    from efficientcellseg.model import build_model, resolve_config
+    from efficientcellseg.model import build_model
+    from efficientcellseg.settings import resolve_model
     from efficientcellseg.training import TrainingSettings, _TrainingBatches
 
     if variant == "threads":
@@ -49,8 +50,8 @@ def child(variant: str, config_name: str, size: int, batch: int, warmup: int, st
 
         tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-    config = resolve_config({"preset": config_name, "encoder_weights": None})
-    config = resolve_config({**config.to_dict(), "input_size": size})
+    config = resolve_model({"preset": config_name, "encoder_weights": None})
+    config = resolve_model({**config.to_dict(), "input_size": size})
     keras.utils.set_random_seed(0)
     if variant.startswith("bf16"):
         keras.mixed_precision.set_global_policy("mixed_bfloat16")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from efficientcellseg.synthetic import SyntheticSpec, write_synthetic_dataset
+from efficientcellseg.settings import SyntheticSpec
+from efficientcellseg.synthetic import write_synthetic_dataset
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = PROJECT_ROOT / ".cache"
@@ -56,9 +57,10 @@ def tiny_model():
     """
     import keras
 
-    from efficientcellseg.model import build_model, resolve_config
+    from efficientcellseg.model import build_model
+    from efficientcellseg.settings import resolve_model
 
-    config = resolve_config("tiny")
+    config = resolve_model("tiny")
     keras.utils.set_random_seed(0)
     return build_model(config), config
 
@@ -99,17 +101,12 @@ def tiny_model_folder(tmp_path_factory):
     import shutil
 
     from efficientcellseg.inference import export_onnx
-    from efficientcellseg.model import (
-        build_model,
-        resolve_config,
-        save_model,
-        set_green_threshold_weights,
-    )
-    from efficientcellseg.postprocess import PostprocessSettings
-    from efficientcellseg.segment import PipelineSettings, write_pipeline_settings
+    from efficientcellseg.model import build_model, save_model, set_green_threshold_weights
+    from efficientcellseg.segment import write_pipeline_settings
+    from efficientcellseg.settings import PipelineSettings, PostprocessSettings, resolve_model
 
     root = tmp_path_factory.mktemp("tiny_models")
-    config = resolve_config("tiny")
+    config = resolve_model("tiny")
     networks: dict[str, list[Path]] = {}
     folders: dict[str, Path] = {}
 

@@ -1,9 +1,10 @@
 """The published context-aware pseudocoloring, written plainly: one slice at a time, with a loop.
 
 This is the yardstick for :mod:`efficientcellseg.pseudocolor` (tests compare to it, the benchmark
-times it). It follows /work/shared/REFERENCE.md section 1 step by step and makes no attempt to be
-fast: the CLAHE of a slice is recomputed for each neighbour that uses it, and the adaptive
-threshold is the published loop. Everything is float64, as in the published code.
+times it). It follows the published algorithm (Wagner & Rohr 2022, arXiv:2204.03014, and the
+pseudocoloring of their public code) step by step and makes no attempt to be fast: the CLAHE
+of a slice is recomputed for each neighbour that uses it, and the adaptive threshold is the
+published loop. Everything is float64, as in the published code.
 
 One guard the published code lacks: normalising a constant positive image divides 0 by 0 there
 (NaN); here it gives zeros, which is what the library does too.

@@ -202,17 +202,16 @@ class SlurmCluster:
         extra_env: Mapping[str, str] | None = None,
         timeout_s: int = 900,
     ) -> SnakemakeRun:
-        """Run snakemake with ``--profile profiles/slurm`` (plus `TEST_OVERRIDES`) in `workdir`.
+        """Run snakemake with ``--workflow-profile profiles/slurm`` (plus `TEST_OVERRIDES`), the
+        one flag the profile's usage line gives, in `workdir`.
 
         The run is wrapped in ``timeout -s KILL`` because on SIGTERM snakemake waits for jobs it
         believes are still running; jobs left behind are cancelled when the cluster stops.
-        ``--workflow-profile none`` keeps profiles/default (the local profile) from being
-        layered on top, as the profile's own usage line says.
         """
         snakemake = Path(sys.executable).with_name("snakemake")
         command = [
             "timeout", "-s", "KILL", str(timeout_s), str(snakemake), *targets,
-            "--profile", str(SLURM_PROFILE), "--workflow-profile", "none",
+            "--workflow-profile", str(SLURM_PROFILE),
             *(["--snakefile", str(snakefile)] if snakefile else []),
             *TEST_OVERRIDES, *extra_args,
         ]  # fmt: skip

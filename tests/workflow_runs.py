@@ -61,6 +61,27 @@ class WorkflowRun:
         return self
 
 
+def served_dataset_zip(ctc_name: str) -> bytes:
+    """A CTC training zip (top folder ``ctc_name``) of a very small synthetic dataset, as the
+    CTC server ships one, for download rules run against a test's HTTP server."""
+    import io
+    import tempfile
+    import zipfile
+
+    from efficientcellseg.settings import SyntheticSpec
+    from efficientcellseg.synthetic import write_synthetic_dataset
+
+    buffer = io.BytesIO()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / ctc_name
+        spec = SyntheticSpec(seed=5, n_frames=1, depth=8, height=48, width=48, n_objects=2)
+        write_synthetic_dataset(folder, spec)
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for path in sorted(folder.rglob("*")):
+                archive.write(path, path.relative_to(folder.parent).as_posix())
+    return buffer.getvalue()
+
+
 def write_config(workdir: Path, config: dict | None = None) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "config.yaml"

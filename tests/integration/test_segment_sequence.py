@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,13 @@ from efficientcellseg.inference import choose_backend, cpu_has_bf16, predict_sli
 from efficientcellseg.metrics import seg_frame
 from efficientcellseg.postprocess import postprocess_frame
 from efficientcellseg.pseudocolor import pseudocolor_frame
-from efficientcellseg.segment import Segmenter, segment_sequence
+from efficientcellseg.segment import (
+    RECORD_KEY,
+    Segmenter,
+    read_pipeline_settings,
+    segment_sequence,
+    write_pipeline_settings,
+)
 from efficientcellseg.synthetic import SyntheticSpec, write_synthetic_dataset
 
 
@@ -111,8 +118,8 @@ def test_centres_kind_uses_both_networks(synthetic_dataset, tiny_model_folder, t
     summary = segment_sequence(
         synthetic_dataset / "02", tmp_path / "02_RES", folder, frames=annotated
     )
-    auto = choose_backend(folder / "segmentation.keras")
-    assert summary["backends"] == {"segmentation": auto, "centres": auto}
+    auto = {"backend": choose_backend(folder / "segmentation.keras"), "precision": "f32"}
+    assert summary["inference"] == {"segmentation": auto, "centres": auto}
     assert summary["written"] == annotated
     assert set(summary["seconds"]) == {
         "read", "pseudocolor", "segmentation", "centres", "postprocess", "write"
@@ -172,12 +179,12 @@ def test_an_interrupted_run_finishes_only_the_missing_frames(
         assert (result_dir / f"mask00{frame}.tif").stat().st_mtime_ns == mtime  # not redone
     assert_ctc_masks(seq_dir, result_dir)  # also: the temporary file is gone
     nothing = segment_sequence(seq_dir, result_dir, folder)
-    assert nothing["written"] == [] and "backends" not in nothing  # no model was even loaded
+    assert nothing["written"] == [] and "inference" not in nothing  # no model was even loaded
     again = segment_sequence(seq_dir, result_dir, folder, frames=[2], overwrite=True)
     assert again["written"] == [2]
 
 
-def test_masks_older_than_the_models_of_the_wrong_shape_or_other_settings_are_redone(
+def test_masks_made_from_other_models_settings_or_of_the_wrong_shape_are_redone(
     small_dataset, tiny_model_folder, tmp_path
 ) -> None:
     folder = tmp_path / "models"
@@ -186,19 +193,53 @@ def test_masks_older_than_the_models_of_the_wrong_shape_or_other_settings_are_re
     result_dir = tmp_path / "01_RES"
     segment_sequence(seq_dir, result_dir, folder)
     ctc.write_labels(result_dir / "mask001.tif", np.ones((4, 4), np.uint16))  # a foreign mask
-    old = (result_dir / "mask002.tif").stat().st_mtime - 100
-    os.utime(result_dir / "mask002.tif", (old, old))
-    os.utime(folder / "segmentation.onnx", (old + 50, old + 50))  # models newer than frame 2
-    assert segment_sequence(seq_dir, result_dir, folder)["written"] == [1, 2]
-    now = max(p.stat().st_mtime for p in result_dir.iterdir()) + 10
-    os.utime(folder / "segmentation.onnx", (now, now))  # retrained models: redo everything
+    assert segment_sequence(seq_dir, result_dir, folder)["written"] == [1]
+    os.utime(folder / "segmentation.onnx", (1, 1))  # touched, same bytes: nothing to redo
+    assert segment_sequence(seq_dir, result_dir, folder)["written"] == []
+    settings = read_pipeline_settings(folder)  # other post-processing: redo everything
+    postprocess = replace(settings.postprocess, min_area=16)
+    write_pipeline_settings(folder, replace(settings, postprocess=postprocess))
     assert segment_sequence(seq_dir, result_dir, folder)["written"] == [0, 1, 2]
-    os.utime(folder / "segmentation.onnx", (old, old))  # (set into the future above)
     # other inference settings change the probabilities: redo everything
     assert segment_sequence(seq_dir, result_dir, folder, backend="onnx")["written"] == [0, 1, 2]
     assert segment_sequence(seq_dir, result_dir, folder, backend="onnx")["written"] == []
-    metadata = ctc.tiff_metadata(result_dir / "mask000.tif")
-    assert metadata["efficientcellseg_inference"] == {"backend": "onnx", "precision": "f32"}
+    record = ctc.tiff_metadata(result_dir / "mask000.tif")[RECORD_KEY]
+    assert record["inference"] == {"segmentation": {"backend": "onnx", "precision": "f32"}}
+    assert record["frame"]["name"] == "t000.tif"
+
+
+def test_masks_of_another_sequence_are_redone(small_dataset, tiny_model_folder, tmp_path) -> None:
+    """Predicting sequence 02 into a folder, then 01 into the same folder, must not keep 02's
+    masks: a mask is finished only if it was made from the very frame file it stands for."""
+    dataset = tmp_path / "Two"
+    shutil.copytree(small_dataset / "01", dataset / "01")
+    shutil.copytree(small_dataset / "01", dataset / "02")
+    frame = ctc.read_image(dataset / "02" / "t001.tif")
+    ctc.write_tiff(dataset / "02" / "t001.tif", frame[::-1].copy())  # 02 differs in frame 1
+    folder = tiny_model_folder("distance")
+    result_dir = tmp_path / "RES"
+    assert segment_sequence(dataset / "02", result_dir, folder)["written"] == [0, 1, 2]
+    assert segment_sequence(dataset / "01", result_dir, folder)["written"] == [1]
+    reference = tmp_path / "REF"
+    segment_sequence(dataset / "01", reference, folder)
+    for name in ("mask000.tif", "mask001.tif", "mask002.tif"):
+        np.testing.assert_array_equal(
+            ctc.read_labels(result_dir / name), ctc.read_labels(reference / name)
+        )
+
+
+def test_a_damaged_mask_is_redone(small_dataset, tiny_model_folder, tmp_path) -> None:
+    folder = tiny_model_folder("distance")
+    seq_dir = small_dataset / "01"
+    result_dir = tmp_path / "01_RES"
+    segment_sequence(seq_dir, result_dir, folder)
+    whole = (result_dir / "mask001.tif").read_bytes()
+    (result_dir / "mask001.tif").write_bytes(whole[: len(whole) // 2])  # cut in half
+    flipped = bytearray((result_dir / "mask002.tif").read_bytes())
+    flipped[len(flipped) // 2] ^= 0xFF  # one byte of the pixels changed, header intact
+    (result_dir / "mask002.tif").write_bytes(bytes(flipped))
+    assert segment_sequence(seq_dir, result_dir, folder)["written"] == [1, 2]
+    assert segment_sequence(seq_dir, result_dir, folder)["written"] == []
 
 
 def test_four_digit_frames_give_four_digit_masks(
@@ -244,12 +285,7 @@ def test_tiles_from_pipeline_json_give_the_whole_frame_maps(
     """A model folder's tile settings reach the predictor. With tiles of the network's input
     size (no resizing) the threshold network answers per pixel, so a frame made of two copies
     side by side (3 overlapping tiles per slice) gives the map of one copy twice."""
-    from efficientcellseg.inference import TileSettings
-    from efficientcellseg.segment import (
-        PipelineSettings,
-        read_pipeline_settings,
-        write_pipeline_settings,
-    )
+    from efficientcellseg.settings import PipelineSettings, TileSettings
 
     folder = tmp_path / "tiled"
     shutil.copytree(tiny_model_folder("distance"), folder)
@@ -266,13 +302,7 @@ def test_tiles_from_pipeline_json_give_the_whole_frame_maps(
 
 
 def test_pipeline_settings_round_trip_and_bad_files_are_named(tmp_path) -> None:
-    from efficientcellseg.inference import TileSettings
-    from efficientcellseg.postprocess import PostprocessSettings
-    from efficientcellseg.segment import (
-        PipelineSettings,
-        read_pipeline_settings,
-        write_pipeline_settings,
-    )
+    from efficientcellseg.settings import PipelineSettings, PostprocessSettings, TileSettings
 
     settings = PipelineSettings(
         PostprocessSettings("distance", min_area=10, min_volume=20), TileSettings(1024, 128)
@@ -283,5 +313,5 @@ def test_pipeline_settings_round_trip_and_bad_files_are_named(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"pipeline\.json is not valid pipeline settings"):
         read_pipeline_settings(tmp_path)
     (tmp_path / "pipeline.json").write_text('{"postprocess": {"kind": "watershed"}}')
-    with pytest.raises(ValueError, match="kind 'watershed'"):
+    with pytest.raises(ValueError, match="postprocess.kind: 'watershed' is not one of"):
         read_pipeline_settings(tmp_path)

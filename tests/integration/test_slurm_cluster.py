@@ -3,9 +3,11 @@
 The toy workflow (make_numbers x2 -> train [gpu=1] and check -> summary) runs twice:
 
 1. with ``--config fail_check=1``: the ``check`` job fails on purpose. Its siblings still
-   finish; snakemake must report the failure with the rule log's content and the SLURM log;
-2. without the failure and with ``SBATCH_PARTITION=lab`` in the environment: only the missing
-   outputs (``check``, ``summary``) are recomputed, in the partition the environment names.
+   finish; snakemake must report the failure with the rule log's content and the SLURM log.
+   ``EFFICIENTCELLSEG_GPU_PARTITION=lab`` sends the GPU rule to partition ``lab``; every other
+   job goes to the cluster's default partition, although ``SBATCH_PARTITION=lab`` is set too;
+2. without the failure and with ``EFFICIENTCELLSEG_CPU_PARTITION=lab``: only the missing
+   outputs (``check``, ``summary``) are recomputed, in the CPU partition the environment names.
 
 Every job writes the ``SLURM_JOB_ID`` it ran under into its log, so the test can match the
 snakemake log, the cluster's job completion record and the job's own view one to one.
@@ -153,13 +155,20 @@ def toy_runs(slurm_cluster: SlurmCluster, tmp_path_factory) -> ToyRuns:
     workdir = tmp_path_factory.mktemp("toy_slurm_workflow")
     (workdir / "Snakefile").write_text(TOY_SNAKEFILE)
     failing = slurm_cluster.run_snakemake(
-        workdir, ["all"], ["--config", "fail_check=1"], timeout_s=RUN_TIMEOUT_S
+        workdir,
+        ["all"],
+        ["--config", "fail_check=1"],
+        extra_env={"EFFICIENTCELLSEG_GPU_PARTITION": "lab", "SBATCH_PARTITION": "lab"},
+        timeout_s=RUN_TIMEOUT_S,
     )
     kept = ["results/numbers/a.txt", "results/numbers/b.txt", "results/model.txt"]
     mtimes = _mtimes(workdir, kept) if all((workdir / p).exists() for p in kept) else {}
     reports_after_failing = _job_self_reports(workdir)
     resumed = slurm_cluster.run_snakemake(
-        workdir, ["all"], extra_env={"SBATCH_PARTITION": "lab"}, timeout_s=RUN_TIMEOUT_S
+        workdir,
+        ["all"],
+        extra_env={"EFFICIENTCELLSEG_CPU_PARTITION": "lab"},
+        timeout_s=RUN_TIMEOUT_S,
     )
     for name, run in (("failing", failing), ("resumed", resumed)):
         logger.info("toy run %s: %.1f s, exit code %d", name, run.seconds, run.returncode)
@@ -237,15 +246,19 @@ def test_gpu_rule_gets_a_slurm_gpu(toy_runs: ToyRuns, slurm_cluster: SlurmCluste
     assert reports["check"].cuda_visible_devices == "none"
 
 
-def test_partition_comes_from_the_cluster_default_or_the_environment(
+def test_partition_depends_on_the_kind_of_job(
     toy_runs: ToyRuns, slurm_cluster: SlurmCluster
 ) -> None:
-    def partitions(run: SnakemakeRun) -> set[str]:
+    def partitions(run: SnakemakeRun) -> set[tuple[str, str]]:
         ids = [job.slurm_id for job in run.submitted]
-        return {job.partition for job in slurm_cluster.wait_for_finished_jobs(ids).values()}
+        records = slurm_cluster.wait_for_finished_jobs(ids)
+        return {(job.rule, records[job.slurm_id].partition) for job in run.submitted}
 
-    assert partitions(toy_runs.failing) == {slurm_cluster.default_partition}
-    assert partitions(toy_runs.resumed) == {"lab"}  # SBATCH_PARTITION=lab
+    default = slurm_cluster.default_partition
+    assert partitions(toy_runs.failing) == {
+        ("make_numbers", default), ("check", default), ("train", "lab")
+    }  # fmt: skip
+    assert partitions(toy_runs.resumed) == {("check", "lab"), ("summary", "lab")}
 
 
 def test_failed_job_is_reported_with_its_logs(toy_runs: ToyRuns) -> None:

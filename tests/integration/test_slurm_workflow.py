@@ -1,8 +1,11 @@
 """The real workflow through profiles/slurm on a single-node SLURM cluster, against a local run.
 
-`slurm_workflow` runs ``snakemake --profile profiles/slurm results/tiny/SEG.txt`` on the tiny
-synthetic dataset (tests/workflow_runs.py) in a scratch folder, with the rules' own threads,
-memory, run times and GPUs. Meanwhile the same config runs locally (the session fixture
+`slurm_workflow` runs ``snakemake --workflow-profile profiles/slurm results/tiny/SEG.txt`` (the
+one flag the profile's usage line gives) on the tiny synthetic dataset (tests/workflow_runs.py)
+in a scratch folder, with the rules' own threads, memory, run times and GPUs, the GPU partition
+named by ``EFFICIENTCELLSEG_GPU_PARTITION`` and, as a trap, ``SBATCH_PARTITION`` set to the GPU
+partition too. The same run downloads a small dataset from an HTTP server on 127.0.0.1.
+Meanwhile the same config runs locally (the session fixture
 `tiny_workflow`, ``--cores 2``, shared with tests/integration/test_workflow.py): the SLURM run
 spends most of its time waiting for the plugin's next status check.
 
@@ -11,6 +14,9 @@ What the tests check:
 - the reference run is a local run with profiles/default (loaded by itself), no SLURM;
 - every job except the rules marked ``localrule`` was a SLURM job: the plugin's submission
   lines, the cluster's job completion records and the job's own SLURM log agree one to one;
+- the download ran on the machine Snakemake runs on (compute nodes often have no internet);
+- the GPU rules ran in the GPU partition, every other job in the cluster's default partition
+  (not in the one ``SBATCH_PARTITION`` names);
 - each SLURM allocation is what Snakemake resolved for the job (threads -> CPUs, mem_mb,
   runtime, ``gpu`` -> a GPU) and the training and prediction rules ask for a GPU;
 - job states came from ``squeue`` (the cluster has no slurmdbd, so ``sacct`` cannot answer);
@@ -40,7 +46,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-from workflow_runs import DATASET, workflow_options, write_config
+from http_server import FileServer
+from workflow_runs import DATASET, TINY_CONFIG, served_dataset_zip, workflow_options, write_config
 
 from efficientcellseg import ctc
 from efficientcellseg.metrics import seg_measure
@@ -63,6 +70,8 @@ RUN_TIMEOUT_S = 2400
 # jobs at the end unless told to keep them.
 SLURM_ARGS = ("--verbose", "--slurm-keep-successful-logs")
 GPU_RULES = ("train", "predict")
+GPU_PARTITION = "lab"  # the test cluster's second partition (its first is the default)
+SERVED = "Served-Tiny"  # a dataset of source ctc, downloaded from the test's HTTP server
 # As if a run had died while evaluating sequence 02: its scores and SEG.txt are missing.
 # (Snakemake does not redo a missing intermediate file while the files after it are up to date.)
 DELETED_OUTPUTS = (f"results/{DATASET}/evaluation/02/scores.json", TARGET)
@@ -150,13 +159,20 @@ def slurm_workflow(
     slurm_cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFactory, request
 ) -> SlurmWorkflow:
     workdir = tmp_path_factory.mktemp("slurm_workflow")
-    write_config(workdir)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+    served = {"ctc_name": SERVED, "source": "ctc", "postprocess": {"kind": "single"}}
+    with FileServer() as server, concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        server.serve(f"/training-datasets/{SERVED}.zip", served_dataset_zip(SERVED))
+        config = {**TINY_CONFIG, "ctc_server": server.url}
+        write_config(workdir, {**config, "datasets": {**config["datasets"], "served": served}})
         future = pool.submit(
             slurm_cluster.run_snakemake,
             workdir,
-            [TARGET],
+            [TARGET, f"resources/ctc/{SERVED}"],
             [*workflow_options(workdir), *SLURM_ARGS],
+            extra_env={
+                "EFFICIENTCELLSEG_GPU_PARTITION": GPU_PARTITION,
+                "SBATCH_PARTITION": GPU_PARTITION,  # must not send CPU jobs there
+            },
             timeout_s=RUN_TIMEOUT_S,
         )
         try:
@@ -196,7 +212,7 @@ def test_every_job_but_the_local_rules_is_a_slurm_job(
     rules = Counter(info.rule for info in cluster_jobs.values())
     assert rules["train"] == 4 and rules["predict"] == 2, rules  # 2 folds x 2 networks
     local_rules = {info.rule for info in job_infos(run.output).values() if info.local}
-    assert local_rules <= {"seg_summary", "pipeline_settings"}, local_rules
+    assert local_rules <= {"seg_summary", "pipeline_settings", "download_dataset"}, local_rules
 
     records = slurm_cluster.wait_for_finished_jobs([job.slurm_id for job in run.submitted])
     run_jobs = {i for i, r in slurm_cluster.finished_jobs().items() if r.name == run.slurm_run_id}
@@ -232,6 +248,30 @@ def test_each_allocation_is_what_the_rule_asks_for(
         assert ("gpu" in info.resources) == (info.rule in GPU_RULES), info
     train = next(info for info in cluster_jobs.values() if info.rule == "train")
     assert train.threads > 2, "train should ask for more CPUs than the local run had"
+
+
+def test_the_download_runs_where_snakemake_runs(slurm_workflow: SlurmWorkflow) -> None:
+    jobs = [info for info in job_infos(slurm_workflow.run.output).values()]
+    (download,) = [info for info in jobs if info.rule == "download_dataset"]
+    assert download.local and download.wildcards == f"ctc={SERVED}"
+    assert ctc.discover_sequences(slurm_workflow.workdir / "resources" / "ctc" / SERVED)
+
+
+def test_jobs_land_in_the_partition_of_their_kind(
+    slurm_workflow: SlurmWorkflow, slurm_cluster: SlurmCluster
+) -> None:
+    cluster_jobs = slurm_workflow.cluster_jobs()
+    submitted = slurm_workflow.run.submitted
+    records = slurm_cluster.wait_for_finished_jobs([job.slurm_id for job in submitted])
+    partitions = {
+        (cluster_jobs[job.snakemake_id].rule, records[job.slurm_id].partition) for job in submitted
+    }
+    expected = {
+        (rule, GPU_PARTITION if rule in GPU_RULES else slurm_cluster.default_partition)
+        for rule, _ in partitions
+    }
+    assert partitions == expected
+    assert slurm_cluster.default_partition != GPU_PARTITION
 
 
 def _megabytes(slurm_memory: str) -> int:

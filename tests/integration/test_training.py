@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from efficientcellseg import ctc
-from efficientcellseg.model import PRESETS, read_metadata, resolve_config
+from efficientcellseg.model import read_metadata
+from efficientcellseg.settings import PRESETS, resolve_model
 from efficientcellseg.synthetic import SyntheticSpec, write_synthetic_dataset
 from efficientcellseg.training import (
     LOG_COLUMNS,
@@ -64,12 +65,13 @@ CHILD = """
 import logging, sys
 from pathlib import Path
 logging.basicConfig(level=logging.INFO)
-from efficientcellseg.model import resolve_config
-from efficientcellseg.training import TrainingOutputs, TrainingSettings, train
+from efficientcellseg.settings import resolve_model
+from efficientcellseg.training import TrainingOutputs, train
+from efficientcellseg.settings import TrainingSettings
 folder, slices = Path(sys.argv[1]), sys.argv[2:]
 train(slices, TrainingOutputs(folder / "segmentation.keras", folder / "segmentation_log.csv",
       folder / "segmentation_curve.png", folder / ".segmentation_checkpoint"),
-      resolve_config("tiny"), TrainingSettings(**{settings}))
+      resolve_model("tiny"), TrainingSettings(**{settings}))
 """
 
 
@@ -155,7 +157,7 @@ def resumed_run(tmp_path_factory) -> ResumedRun:
     level = logger.level
     logger.setLevel(logging.INFO)
     try:
-        metadata = train(slices, outputs, resolve_config("tiny"), TrainingSettings(**SETTINGS))
+        metadata = train(slices, outputs, resolve_model("tiny"), TrainingSettings(**SETTINGS))
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)

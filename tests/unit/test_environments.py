@@ -18,14 +18,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from environments import ENVS, env_pins, rule_envs
 from packaging.requirements import Requirement
-from rattler import MatchSpec
 
 ROOT = Path(__file__).resolve().parents[2]
-RULES = ROOT / "workflow" / "rules"
-ENVS = ROOT / "envs"
-RULE_HEADER = re.compile(r"^(?:rule (\w+):|use rule \w+ as (\w+) with:)", re.MULTILINE)
-CONDA_DIRECTIVE = re.compile(r"^\s+conda:\s*\n\s+\"([^\"]+)\"", re.MULTILINE)
 # Python modules whose distribution name differs from the import name.
 DISTRIBUTIONS = {"cv2": "opencv-python-headless", "skimage": "scikit-image", "yaml": "PyYAML"}
 
@@ -41,42 +37,6 @@ def pyproject_pins() -> dict[str, str]:
         (specifier,) = requirement.specifier
         assert specifier.operator == "==", f"pyproject.toml must pin exactly: {spec}"
         pins[requirement.name.lower()] = specifier.version
-    return pins
-
-
-def rule_envs() -> dict[str, Path]:
-    """Rule name -> the env file its ``conda:`` directive names (relative to its .smk file)."""
-    envs = {}
-    for smk in sorted(RULES.glob("*.smk")):
-        text = smk.read_text()
-        headers = list(RULE_HEADER.finditer(text))
-        for index, header in enumerate(headers):
-            end = headers[index + 1].start() if index + 1 < len(headers) else len(text)
-            body = text[header.start() : end]
-            name = header.group(1) or header.group(2)
-            found = CONDA_DIRECTIVE.search(body)
-            if found:
-                envs[name] = (smk.parent / found.group(1)).resolve()
-            elif header.group(2):  # `use rule ... with:` inherits the env
-                continue
-            else:
-                envs[name] = None
-    return envs
-
-
-def env_pins(path: Path) -> dict[str, str]:
-    """Package -> pinned version of every pip and conda dependency of an env file."""
-    env = yaml.safe_load(path.read_text())
-    pins = {}
-    for dependency in env["dependencies"]:
-        if isinstance(dependency, dict):
-            for spec in dependency["pip"]:
-                requirement = Requirement(spec)
-                (specifier,) = requirement.specifier
-                pins[requirement.name.lower()] = specifier.version
-        else:
-            spec = MatchSpec(dependency)
-            pins[spec.name.normalized] = str(spec.version).removesuffix(".*")
     return pins
 
 

@@ -95,11 +95,12 @@ def test_bf16_when_asked_for_runs_openvino_in_bf16_and_is_refused_elsewhere(
         with pytest.raises(RuntimeError, match="no bfloat16 instructions"):
             open_predictor(random_tiny_model, precision="bf16")
         return
-    predict, backend = open_predictor(random_tiny_model, precision="bf16")
-    assert backend == "openvino"
-    with monkeypatch.context() as patch:  # a GPU beats bf16 on the CPU
+    predict = open_predictor(random_tiny_model, precision="bf16")
+    assert (predict.backend, predict.precision) == ("openvino", "bf16")
+    with monkeypatch.context() as patch:  # a GPU beats bf16 on the CPU: it runs in f32
         patch.setattr(inference, "gpu_available", lambda: True)
-        assert open_predictor(random_tiny_model, precision="bf16")[1] == "keras"
+        on_gpu = open_predictor(random_tiny_model, precision="bf16")
+        assert (on_gpu.backend, on_gpu.precision) == ("keras", "f32")
     images = pseudocolor_like((3, 150, 170, 3))
     difference = np.abs(predict(images) - random_predictors["keras"](images)).max()
     # bf16 keeps 8 significant bits: visibly different from f32 (1e-6 here), yet close
@@ -243,7 +244,7 @@ def test_tiled_network_prediction_matches_the_per_pixel_answer(tiny_model_folder
     images = pseudocolor_like((2, 300, 410, 3), seed=5)
     expected = 1 / (1 + np.exp(-40 * (images[..., 1].astype(np.float64) - 0.35)))
     for backend in ("onnx", "openvino"):
-        predict, _ = open_predictor(folder / "segmentation.keras", backend)
+        predict = open_predictor(folder / "segmentation.keras", backend)
         tiled = predict_slices(predict, images, batch_size=4, tiles=TileSettings(128, 32))
         np.testing.assert_allclose(tiled, expected, rtol=0, atol=2e-4)
 
@@ -251,7 +252,7 @@ def test_tiled_network_prediction_matches_the_per_pixel_answer(tiny_model_folder
 def test_bad_tile_settings_and_inputs_are_refused() -> None:
     with pytest.raises(ValueError, match="overlap 64"):
         TileSettings(128, overlap=64)
-    with pytest.raises(ValueError, match="tile size 8"):
+    with pytest.raises(ValueError, match="tiles.size: 8 is less than the minimum of 16"):
         TileSettings(8, overlap=0)
     with pytest.raises(ValueError, match=r"\(N, H, W, 3\)"):
         predict_slices(lambda b: b[..., 0], np.zeros((4, 8, 8)))

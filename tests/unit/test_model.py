@@ -12,17 +12,15 @@ import pytest
 from efficientcellseg import model as model_module
 from efficientcellseg.cli import main
 from efficientcellseg.model import (
-    PRESETS,
-    ModelConfig,
     WeightsNotFoundError,
     build_model,
     load_model,
     parameter_counts,
     read_metadata,
-    resolve_config,
     resolve_encoder_weights,
     save_model,
 )
+from efficientcellseg.settings import PRESETS, ModelConfig, resolve_model
 
 
 def printed_counts(text: str) -> dict[str, int]:
@@ -81,7 +79,7 @@ def test_other_backbones_and_decoders_are_configurable() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"backbone": "ResNet50"}, "is not one of EfficientNetB0"),
+        ({"backbone": "ResNet50"}, r"model\.backbone: 'ResNet50' is not one of \['EfficientNetB0'"),
         ({"input_size": 100}, "divisible by 2\\*\\*4"),
         ({"skip_layers": ("a",)}, "4 decoder stages need 3 skip layers"),
     ],
@@ -92,14 +90,14 @@ def test_invalid_configurations_are_rejected(kwargs: dict, message: str) -> None
 
 
 def test_configs_resolve_from_presets_files_and_mappings(tmp_path: Path) -> None:
-    assert resolve_config("tiny") == PRESETS["tiny"]
+    assert resolve_model("tiny") == PRESETS["tiny"]
     path = tmp_path / "model.yaml"
     path.write_text("preset: tiny\ninput_size: 64\n")
-    assert resolve_config(path) == ModelConfig(**{**PRESETS["tiny"].to_dict(), "input_size": 64})
+    assert resolve_model(path) == ModelConfig(**{**PRESETS["tiny"].to_dict(), "input_size": 64})
     with pytest.raises(ValueError, match="unknown model setting"):
-        resolve_config({"preset": "tiny", "filters": 3})
+        resolve_model({"preset": "tiny", "filters": 3})
     with pytest.raises(ValueError, match="neither a preset"):
-        resolve_config("huge")
+        resolve_model("huge")
 
 
 @pytest.fixture

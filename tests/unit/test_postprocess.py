@@ -296,7 +296,7 @@ def test_field_of_interest_larger_than_the_frame_is_refused() -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"kind": "watershed"}, "kind 'watershed'"),
+        ({"kind": "watershed"}, "postprocess.kind: 'watershed' is not one of"),
         ({"kind": "single", "threshold": 1.5}, "threshold"),
         ({"kind": "single", "centre_threshold": -0.1}, "centre_threshold"),
         ({"kind": "single", "link_iou": "0.5"}, "link_iou"),

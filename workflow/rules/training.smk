@@ -29,9 +29,10 @@ rule train:
         mem_mb=16000,
         runtime=1440,
     params:
-        model_config=lambda wildcards: DATASETS[wildcards.ds].model.to_dict(),
-        settings=lambda wildcards: DATASETS[wildcards.ds].training,
-        training_set=lambda wildcards: DATASETS[wildcards.ds].training_set,
+        model=lambda wildcards: DATASETS[wildcards.ds].model.to_dict(),
+        settings=lambda wildcards: DATASETS[wildcards.ds]
+        .training_settings(wildcards.task)
+        .to_dict(),
         checkpoint_dir=lambda wildcards: f"results/{wildcards.ds}/models/{wildcards.fold}/.{wildcards.task}_checkpoint",
     script:
         "../scripts/train.py"

@@ -11,5 +11,6 @@ with script_log(snakemake.log[0]):
         out.name,
         out.parent,
         kind=snakemake.params.kind,
+        base_url=snakemake.params.server,
         expected_size=snakemake.params.expected_bytes,
     )

@@ -3,7 +3,8 @@
 from pathlib import Path
 
 from efficientcellseg.logs import script_log
-from efficientcellseg.segment import PipelineSettings, write_pipeline_settings
+from efficientcellseg.segment import write_pipeline_settings
+from efficientcellseg.settings import PipelineSettings
 
 with script_log(snakemake.log[0]):
     settings = PipelineSettings.from_dict(snakemake.params.settings)

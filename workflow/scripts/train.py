@@ -2,20 +2,12 @@
 
 from pathlib import Path
 
-from efficientcellseg.inference import export_onnx
 from efficientcellseg.logs import script_log
-from efficientcellseg.model import ModelConfig
-from efficientcellseg.training import TrainingOutputs, TrainingSettings, train
+from efficientcellseg.settings import ModelConfig, TrainingSettings
+from efficientcellseg.training import TrainingOutputs, train_network
 
 with script_log(snakemake.log[0]):
-    settings = TrainingSettings.from_dict(
-        {
-            **snakemake.params.settings,
-            "task": snakemake.wildcards.task,
-            "training_set": snakemake.params.training_set,
-        }
-    )
-    train(
+    train_network(
         snakemake.input.slices,
         TrainingOutputs(
             model=Path(snakemake.output.model),
@@ -23,9 +15,8 @@ with script_log(snakemake.log[0]):
             curve_png=Path(snakemake.output.curve),
             checkpoint_dir=Path(snakemake.params.checkpoint_dir),
         ),
-        ModelConfig.from_dict(snakemake.params.model_config),
-        settings,
+        ModelConfig.from_dict(snakemake.params.model),
+        TrainingSettings.from_dict(snakemake.params.settings),
         description={"dataset": snakemake.wildcards.ds, "fold": snakemake.wildcards.fold},
         threads=snakemake.threads,
     )
-    export_onnx(snakemake.output.model, snakemake.output.onnx)

@@ -13,6 +13,17 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .settings import (
+    BACKENDS,
+    KINDS,
+    PRECISIONS,
+    PRESET_NAMES,
+    TRAINING_SETS,
+    InferenceSettings,
+    SyntheticSpec,
+    WorkflowSettings,
+    workflow_settings,
+)
 
 log = logging.getLogger("efficientcellseg")
 
@@ -42,16 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    spec = SyntheticSpec()
     p = commands.add_parser("synthetic", help="write the synthetic CTC dataset")
     p.add_argument("out_dir", type=Path, help="dataset folder to create")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=spec.seed)
     p.add_argument("--2d", dest="two_d", action="store_true", help="2D frames instead of 3D")
-    p.add_argument("--sequences", type=int, default=2, help="number of sequences (default 2)")
-    p.add_argument("--frames", type=int, default=4, help="frames per sequence (default 4)")
-    p.add_argument("--depth", type=int, default=16, help="slices per 3D frame (default 16)")
-    p.add_argument("--height", type=int, default=128)
-    p.add_argument("--width", type=int, default=128)
-    p.add_argument("--objects", type=int, default=12, help="nuclei per frame (default 12)")
+    p.add_argument("--sequences", type=int, default=spec.n_sequences, help="number of sequences")
+    p.add_argument("--frames", type=int, default=spec.n_frames, help="frames per sequence")
+    p.add_argument("--depth", type=int, default=spec.depth, help="slices per 3D frame")
+    p.add_argument("--height", type=int, default=spec.height)
+    p.add_argument("--width", type=int, default=spec.width)
+    p.add_argument("--objects", type=int, default=spec.n_objects, help="nuclei per frame")
     p.set_defaults(handler=_synthetic)
 
     p = commands.add_parser("sample", help="write a real CTC sample dataset")
@@ -102,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", action="store_true", help="the test set (no annotations)")
     p.add_argument(
         "--base-url",
-        help="server to download from (default https://data.celltrackingchallenge.net)",
+        default=WorkflowSettings.ctc_server,
+        help="server to download from, as the config's ctc_server (%(default)s)",
     )
     p.add_argument("--keep-zip", action="store_true", help="keep NAME.zip after extraction")
     p.set_defaults(handler=_download)
@@ -117,19 +130,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path, help="the .keras file")
     p.set_defaults(handler=_export)
     # -- predict command --
+    defaults = InferenceSettings()
     p = commands.add_parser(
         "predict", help="segment one CTC sequence with a model folder (as the CTC scripts do)"
     )
     p.add_argument("sequence_dir", type=Path, help="input sequence folder, e.g. Fluo-X/01")
     p.add_argument("result_dir", type=Path, help="where mask###.tif go, e.g. Fluo-X/01_RES")
     p.add_argument("--models", type=Path, required=True, help="model folder (with pipeline.json)")
-    p.add_argument("--backend", default="auto", choices=["auto", "keras", "onnx", "openvino"])
-    p.add_argument("--batch-size", type=int, default=4, help="slices per batch (default 4)")
+    p.add_argument(
+        "--backend", default=defaults.backend, choices=BACKENDS, help="runtime (%(default)s)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="slices per batch (%(default)s)"
+    )
     p.add_argument(
         "--precision",
-        default="f32",
-        choices=["f32", "bf16"],
-        help="bf16: OpenVINO in bfloat16 on CPUs with AMX/AVX512-BF16, ~2x faster (default f32)",
+        default=defaults.precision,
+        choices=PRECISIONS,
+        help="bf16: OpenVINO in bfloat16 on CPUs with AMX/AVX512-BF16, ~2x faster (%(default)s)",
     )
     p.add_argument(
         "--threads", type=int, help="CPU threads (default, or 0: all cores available to it)"
@@ -139,11 +157,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="redo masks that exist (default: resume)"
     )
     p.set_defaults(handler=_predict)
+    # -- train command --
+    p = commands.add_parser(
+        "train",
+        help="train the networks of a model folder on a CTC dataset (no Snakemake needed)",
+        description=(
+            "Pseudocolor the annotated slices of the given sequences, train the networks the "
+            "post-processing needs, export them to ONNX and write pipeline.json: MODEL_DIR is "
+            "then ready for `predict`. An interrupted run resumes at its last epoch. Settings "
+            "come from a dataset entry of a workflow config (--config/--dataset), else the "
+            "defaults of the config schema, overridden by the options below."
+        ),
+    )
+    p.add_argument("dataset_dir", type=Path, help="CTC dataset folder, e.g. resources/ctc/Fluo-X")
+    p.add_argument("model_dir", type=Path, help="model folder to write")
+    p.add_argument("--sequences", nargs="+", help="sequences to learn from (default: all)")
+    p.add_argument("--config", type=Path, help="a workflow config file, e.g. config/config.yaml")
+    p.add_argument("--dataset", help="the dataset entry of --config whose settings to use")
+    p.add_argument("--model", help=f"preset ({', '.join(PRESET_NAMES)}) or a settings file")
+    p.add_argument("--training-set", choices=TRAINING_SETS, help="CTC training configuration")
+    p.add_argument("--kind", choices=KINDS, help="post-processing kind")
+    p.add_argument("--foi-border", type=int, help="CTC field-of-interest border (pixels)")
+    p.add_argument("--epochs", type=int, help="maximum number of epochs")
+    p.set_defaults(handler=_train)
     return parser
 
 
 def _synthetic(args: argparse.Namespace) -> None:
-    from .synthetic import SyntheticSpec, write_synthetic_dataset
+    from .synthetic import write_synthetic_dataset
 
     spec = SyntheticSpec(
         seed=args.seed,
@@ -192,9 +233,10 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _download(args: argparse.Namespace) -> None:
     from .download import download_dataset
 
-    server = {"base_url": args.base_url} if args.base_url else {}
     kind = "test" if args.test else "training"
-    path = download_dataset(args.name, args.dest_root, kind=kind, keep_zip=args.keep_zip, **server)
+    path = download_dataset(
+        args.name, args.dest_root, kind=kind, keep_zip=args.keep_zip, base_url=args.base_url
+    )
     print(f"{args.name} {kind} set: {path}")
 
 
@@ -217,9 +259,10 @@ def _pseudocolor(args: argparse.Namespace) -> None:
 def _params(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
-    from .model import build_model, parameter_counts, resolve_config
+    from .model import build_model, parameter_counts
+    from .settings import resolve_model
 
-    config = replace(resolve_config(args.config), encoder_weights=None)  # counts need no weights
+    config = replace(resolve_model(args.config), encoder_weights=None)  # counts need no weights
     counts = parameter_counts(build_model(config), config)
     for part in ("total", "encoder", "decoder"):
         print(f"{part:8s} {counts[part]:>12,}")
@@ -234,14 +277,17 @@ def _export(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from .segment import segment_sequence
 
-    summary = segment_sequence(
-        args.sequence_dir,
-        args.result_dir,
-        args.models,
+    inference = InferenceSettings(
         backend=args.backend,
         batch_size=args.batch_size,
         precision=args.precision,
         threads=args.threads,
+    )
+    summary = segment_sequence(
+        args.sequence_dir,
+        args.result_dir,
+        args.models,
+        inference,
         frames=args.frames,
         overwrite=args.overwrite,
         progress=sys.stderr.isatty(),
@@ -250,6 +296,52 @@ def _predict(args: argparse.Namespace) -> None:
         f"wrote {len(summary['written'])} masks to {args.result_dir}"
         + (f" (kept {len(summary['skipped'])} finished)" if summary["skipped"] else "")
     )
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .training import train_model_folder
+
+    dataset = _dataset_for_training(args)
+    summary = train_model_folder(
+        args.dataset_dir, args.model_dir, dataset, sequences=args.sequences
+    )
+    for task, metadata in summary.items():
+        print(
+            f"{task}: best val IoU {metadata['best_val_iou']:.4f} at epoch "
+            f"{metadata['best_epoch'] + 1} of {metadata['epochs_run']}"
+        )
+    print(f"wrote {args.model_dir} (predict with: efficientcellseg predict --models "
+          f"{args.model_dir} SEQ_DIR RES_DIR)")  # fmt: skip
+
+
+def _dataset_for_training(args: argparse.Namespace):
+    """Dataset settings: a workflow config's entry, or the schema defaults; options override."""
+    import yaml
+
+    if (args.config is None) != (args.dataset is None):
+        raise ValueError(
+            "--config and --dataset go together (a config file and one of its entries)"
+        )
+    if args.config is not None:
+        config = yaml.safe_load(args.config.read_text())
+        entry = dict(config.get("datasets", {}).get(args.dataset) or {})
+        if not entry:
+            raise ValueError(f"{args.config}: no dataset {args.dataset!r} under datasets")
+    else:
+        config, entry = {}, {"postprocess": {"kind": "distance"}}
+    entry.setdefault("ctc_name", args.dataset_dir.name)
+    entry.setdefault("source", "ctc")
+    for key, value in (("model", args.model), ("training_set", args.training_set),
+                       ("foi_border", args.foi_border)):  # fmt: skip
+        if value is not None:
+            entry[key] = value
+    if args.kind is not None:
+        entry["postprocess"] = {**entry.get("postprocess", {}), "kind": args.kind}
+    if args.epochs is not None:
+        entry["training"] = {**entry.get("training", {}), "epochs": args.epochs}
+    name = args.dataset or "dataset"
+    merged = {**config, "datasets": {name: entry}, "submission": []}
+    return workflow_settings(merged).datasets[name]
 
 
 def _report_written(summary: dict) -> None:

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import tifffile
+
+from .files import atomic_output, atomic_write_text
 
 FRAME_PATTERN = re.compile(r"^t(\d{3,4})\.tiff?$")
 MASK_PATTERN = re.compile(r"^mask(\d{3,4})\.tiff?$")
@@ -251,7 +252,7 @@ def read_man_track(path: str | os.PathLike) -> np.ndarray:
 
 def write_man_track(path: str | os.PathLike, tracks: np.ndarray) -> None:
     text = "".join(f"{int(a)} {int(b)} {int(c)} {int(d)}\n" for a, b, c, d in tracks)
-    atomic_write_bytes(Path(path), text.encode())
+    atomic_write_text(path, text)
 
 
 def write_labels(path: str | os.PathLike, labels: np.ndarray, metadata: dict | None = None) -> None:
@@ -272,29 +273,9 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray, metadata: dict | N
 
 
 def write_tiff(path: str | os.PathLike, image: np.ndarray, **kwargs) -> None:
-    """Write a TIFF atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
+    """Write a TIFF atomically (see :mod:`efficientcellseg.files`)."""
+    with atomic_output(path) as tmp:
         tifffile.imwrite(tmp, image, **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def result_dir(seq: Sequence) -> Path:

@@ -33,10 +33,10 @@ import requests
 from tqdm import tqdm
 
 from . import ctc
+from .settings import WorkflowSettings
 
 log = logging.getLogger(__name__)
 
-CTC_BASE_URL = "https://data.celltrackingchallenge.net"
 TRAINING_FOLDERS = ("training-datasets",)
 TEST_FOLDERS = ("test-datasets", "challenge-datasets")  # current form first, then the older one
 # When a connection drops, urllib3 discards the partly filled chunk it was reading, so download
@@ -468,7 +468,9 @@ def _copy_member(
 # -- CTC datasets --
 
 
-def dataset_urls(ctc_name: str, kind: str = "training", base_url: str = CTC_BASE_URL) -> list[str]:
+def dataset_urls(
+    ctc_name: str, kind: str = "training", base_url: str = WorkflowSettings.ctc_server
+) -> list[str]:
     """URLs to try, in order, for a CTC dataset zip (test sets have two address forms)."""
     if kind not in ("training", "test"):
         raise ValueError(f"kind must be 'training' or 'test', not {kind!r}")
@@ -483,7 +485,7 @@ def download_dataset(
     dest_root: str | os.PathLike,
     *,
     kind: str = "training",
-    base_url: str = CTC_BASE_URL,
+    base_url: str = WorkflowSettings.ctc_server,
     expected_size: int | None = None,
     keep_zip: bool = False,
     max_bytes: int = DEFAULT_MAX_BYTES,

@@ -34,22 +34,35 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
+from .files import atomic_output
+from .settings import BACKENDS, PRECISIONS, InferenceSettings, TileSettings
+
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "keras", "onnx", "openvino")
 CPU_PREFERENCE = ("openvino", "onnx", "keras")  # fastest first, see benchmarks/bench_inference.py
 RUNTIME_MODULES = {"keras": "tensorflow", "onnx": "onnxruntime", "openvino": "openvino"}
-DEFAULT_BATCH_SIZE = 4  # slices (or tiles) per call; see benchmarks/bench_inference.py
-DEFAULT_STREAMS = 2  # slices computed at once by the ONNX backends on a CPU (ditto)
+DEFAULT_STREAMS = 2  # slices computed at once by the ONNX backends on a CPU (see the benchmark)
 ONNX_OPSET = 17
-PRECISIONS = ("f32", "bf16")  # bf16: OpenVINO on a CPU with bfloat16 instructions only
 
 Predict = Callable[[np.ndarray], np.ndarray]  # (N, H, W, 3) float32 -> (N, H, W) float32
+
+
+class Predictor(NamedTuple):
+    """A network ready to run: ``predict`` maps a batch of pseudocolor slices (N, H, W, 3)
+    float32 in [0, 1] to probability maps (N, H, W) float32, computed by ``backend`` in
+    ``precision`` (what actually runs, not what was asked for)."""
+
+    predict: Predict
+    backend: str
+    precision: str
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.predict(batch)
 
 
 def onnx_path(model_path: str | os.PathLike) -> Path:
@@ -76,14 +89,10 @@ def export_onnx(model_path: str | os.PathLike, out_path: str | os.PathLike | Non
     def serve(x):
         return model(x, training=False)
 
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    try:
+    with atomic_output(out_path) as tmp:
         tf2onnx.convert.from_function(
             serve, input_signature=spec, opset=ONNX_OPSET, output_path=str(tmp)
         )
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     log.info("exported %s", out_path)
     return out_path
 
@@ -190,38 +199,16 @@ def _check_runnable(model_path: str | os.PathLike, backend: str) -> None:
 # --- predictors -----------------------------------------------------------------------------
 
 
-def open_predictor(
+def resolve_inference(
     model_path: str | os.PathLike,
-    backend: str = "auto",
-    *,
-    threads: int | None = None,
-    streams: int | None = None,
-    precision: str = "f32",
-) -> tuple[Predict, str]:
-    """A function mapping a batch of pseudocolor slices to probability maps, and its backend.
+    backend: str = InferenceSettings.backend,
+    precision: str = InferenceSettings.precision,
+) -> tuple[str, str]:
+    """The backend and precision that will run ``model_path`` here for the settings asked for.
 
-    Parameters
-    ----------
-    model_path
-        The ``.keras`` file; ONNX backends read the ``.onnx`` file beside it.
-    backend
-        One of :data:`BACKENDS`.
-    threads
-        CPU threads for the runtime; None (or more than there are): all available cores.
-    streams
-        ONNX backends on a CPU: slices computed at the same time, each with
-        ``threads // streams`` threads (default :data:`DEFAULT_STREAMS`, at most ``threads``).
-        Ignored by ``keras`` and on a GPU.
-    precision
-        ``f32`` (all backends) or ``bf16`` (OpenVINO on a CPU with AMX or AVX512-BF16, which
-        ``auto`` then chooses unless TensorFlow sees a GPU): about twice as fast; probabilities
-        move (by up to 0.1 for trained networks, where 5e-5 to 2e-4 of the pixels changed class).
-
-    Returns
-    -------
-    tuple
-        ``predict`` taking (N, H, W, 3) float32 in [0, 1] and returning (N, H, W) float32, and
-        the name of the backend chosen.
+    ``bf16`` needs OpenVINO; with ``auto`` and a GPU that TensorFlow sees, the GPU runs in f32.
+    Cheap (nothing is loaded), so callers can decide before loading whether finished work was
+    made the same way.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
@@ -233,7 +220,37 @@ def open_predictor(
             precision = "f32"
         else:
             backend = "openvino"
-    backend = choose_backend(model_path, backend)
+    return choose_backend(model_path, backend), precision
+
+
+def open_predictor(
+    model_path: str | os.PathLike,
+    backend: str = InferenceSettings.backend,
+    *,
+    threads: int | None = None,
+    streams: int | None = None,
+    precision: str = InferenceSettings.precision,
+) -> Predictor:
+    """Load a network for inference with the backend and precision of :func:`resolve_inference`.
+
+    Parameters
+    ----------
+    model_path
+        The ``.keras`` file; ONNX backends read the ``.onnx`` file beside it.
+    backend
+        One of :data:`~efficientcellseg.settings.BACKENDS`.
+    threads
+        CPU threads for the runtime; None (or more than there are): all available cores.
+    streams
+        ONNX backends on a CPU: slices computed at the same time, each with
+        ``threads // streams`` threads (default :data:`DEFAULT_STREAMS`, at most ``threads``).
+        Ignored by ``keras`` and on a GPU.
+    precision
+        ``f32`` (all backends) or ``bf16`` (OpenVINO on a CPU with AMX or AVX512-BF16, which
+        ``auto`` then chooses unless TensorFlow sees a GPU): about twice as fast; probabilities
+        move (by up to 0.1 for trained networks, where 5e-5 to 2e-4 of the pixels changed class).
+    """
+    backend, precision = resolve_inference(model_path, backend, precision)
     threads = resolve_threads(threads)
     streams = max(1, min(threads, DEFAULT_STREAMS if streams is None else streams))
     log.info(
@@ -241,10 +258,12 @@ def open_predictor(
         Path(model_path).name, backend, precision, threads, streams,
     )  # fmt: skip
     if backend == "keras":
-        return _keras_predictor(Path(model_path), threads), backend
-    if backend == "onnx":
-        return _onnx_predictor(Path(model_path), threads, streams), backend
-    return _openvino_predictor(Path(model_path), threads, streams, precision), backend
+        predict = _keras_predictor(Path(model_path), threads)
+    elif backend == "onnx":
+        predict = _onnx_predictor(Path(model_path), threads, streams)
+    else:
+        predict = _openvino_predictor(Path(model_path), threads, streams, precision)
+    return Predictor(predict, backend, precision)
 
 
 def _keras_predictor(model_path: Path, threads: int) -> Predict:
@@ -380,24 +399,6 @@ def _openvino_predictor(model_path: Path, threads: int, streams: int, precision:
 # --- whole slices and tiles -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TileSettings:
-    """Square tiles of ``size`` slice pixels, neighbours overlapping by at least ``overlap``.
-
-    Each tile is resized to the network's input size inside the network, so ``size`` sets the
-    scale the network sees (TRIC: 1024-pixel tiles of 1745x2440 slices, 2 x 3 tiles).
-    """
-
-    size: int
-    overlap: int = 64
-
-    def __post_init__(self) -> None:
-        if self.size < 16 or not 0 <= self.overlap < self.size // 2:
-            raise ValueError(
-                f"tile size {self.size} must be >= 16 and overlap {self.overlap} in [0, size/2)"
-            )
-
-
 def tile_starts(length: int, size: int, overlap: int) -> list[int]:
     """Start offsets of tiles covering ``0..length`` completely; the last ends at ``length``.
 
@@ -438,7 +439,7 @@ def predict_slices(
     predict: Predict,
     images: np.ndarray,
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int = InferenceSettings.batch_size,
     tiles: TileSettings | None = None,
 ) -> np.ndarray:
     """Probability map (N, H, W) float32 of pseudocolor slices (N, H, W, 3).

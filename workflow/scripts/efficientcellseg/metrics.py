@@ -1,7 +1,8 @@
 """The Cell Tracking Challenge SEG and DET measures, with the official semantics, in NumPy.
 
 Scores reported for a CTC submission must mean what the organisers' SEG and DET executables
-compute, so this module follows their rules exactly (see REFERENCE.md section 4):
+compute, so this module follows their rules exactly (the official EvaluationSoftware of the
+CTC; Ulman et al., Nature Methods 2017; Maška et al., Nature Methods 2023):
 
 * SEG: a result object S matches a reference object R iff ``|R n S| > 0.5 |R|`` (strictly);
   ``J = |R n S| / |R u S|`` if matched, else 0. SEG is the sum of J over every reference object
@@ -15,9 +16,9 @@ compute, so this module follows their rules exactly (see REFERENCE.md section 4)
   Fluo-N3DL-DRO/TRIC/TRIF in the CSB), each result object detecting k > 1 markers costs k - 1
   splits (weight 5). ``DET = 1 - min(AOGM-D, AOGM-D0) / AOGM-D0`` with ``AOGM-D0 = 10 x markers``.
 
-Overlaps of all label pairs of a frame come from one sparse contingency table: the two labels of
-every foreground voxel packed into one code, counted by a single ``np.unique``. A frame costs a
-few passes over its voxels whatever its number of objects, and frames are read one at a time.
+Overlaps of all label pairs of a frame come from one sparse contingency table
+(:func:`efficientcellseg.labels.overlap_table`). A frame costs a few passes over its voxels
+whatever its number of objects, and frames are read one at a time.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ import numpy as np
 import tifffile
 
 from . import ctc
+from .files import atomic_write_bytes
+from .labels import overlap_table
 from .logs import frame_progress
 
 log = logging.getLogger(__name__)
@@ -382,8 +385,8 @@ def write_evaluation(
     for o in evaluation.objects:
         slice_ = "" if o.slice is None else o.slice
         writer.writerow([o.frame, slice_, o.reference_label, o.matched_label, repr(o.jaccard)])
-    ctc.atomic_write_bytes(table, text.getvalue().encode())
-    ctc.atomic_write_bytes(scores, (json.dumps(evaluation.to_dict(), indent=2) + "\n").encode())
+    atomic_write_bytes(table, text.getvalue().encode())
+    atomic_write_bytes(scores, (json.dumps(evaluation.to_dict(), indent=2) + "\n").encode())
     return scores, table
 
 
@@ -411,7 +414,7 @@ def _overlaps(reference: np.ndarray, result: np.ndarray) -> _Overlaps:
         )
     ref = _flat_labels(reference, "reference")
     res = _flat_labels(result, "result")
-    pair_ref, pair_res, counts = _contingency(ref, res)
+    pair_ref, pair_res, counts = overlap_table(ref, res)
     ref_labels, ref_sizes = _marginal(pair_ref, counts)
     res_labels, res_sizes = _marginal(pair_res, counts)
     both = (pair_ref != 0) & (pair_res != 0)
@@ -423,38 +426,6 @@ def _overlaps(reference: np.ndarray, result: np.ndarray) -> _Overlaps:
         np.searchsorted(ref_labels, pair_ref[both]),
         np.searchsorted(res_labels, pair_res[both]),
         counts[both],
-    )
-
-
-def _contingency(ref: np.ndarray, res: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sparse contingency table of two flat label images: (reference label, result label, voxels)
-    for every pair that occurs, background included, except (0, 0).
-
-    Labels up to 65535 are packed into one uint32 code per voxel (reference in the high half),
-    so one ``np.unique`` (a vectorised sort) of the foreground voxels counts every pair at once.
-    """
-    empty = np.zeros(0, dtype=np.int64)
-    if ref.size == 0:
-        return empty, empty, empty
-    if int(ref.max()) <= ctc.MAX_LABEL and int(res.max()) <= ctc.MAX_LABEL:
-        ref = ref.astype(np.uint16, copy=False)
-        res = res.astype(np.uint16, copy=False)
-        foreground = (ref | res) != 0
-        codes = (ref[foreground].astype(np.uint32) << 16) | res[foreground]
-        del foreground
-        pairs, counts = np.unique(codes, return_counts=True)
-        return (pairs >> 16).astype(np.int64), (pairs & 0xFFFF).astype(np.int64), counts
-    # Wider labels: number the labels that occur first, then pack those numbers.
-    foreground = (ref != 0) | (res != 0)
-    ref_values, ref_index = np.unique(ref[foreground], return_inverse=True)
-    res_values, res_index = np.unique(res[foreground], return_inverse=True)
-    del foreground
-    codes = ref_index.astype(np.int64) * len(res_values) + res_index
-    pairs, counts = np.unique(codes, return_counts=True)
-    return (
-        ref_values[pairs // len(res_values)].astype(np.int64),
-        res_values[pairs % len(res_values)].astype(np.int64),
-        counts,
     )
 
 

@@ -6,8 +6,8 @@ decoder stages of 64/48/32/16 filters, 6,697,824 parameters. Inputs of any heigh
 are resized to the inner size inside the model and the output back to the input size, so the
 same file serves whole slices and tiles.
 
-TensorFlow is imported lazily: this module can be imported (for :class:`ModelConfig`) by tools
-that never build a network.
+The architecture is described by :class:`efficientcellseg.settings.ModelConfig` (presets
+``paper`` and ``tiny``). TensorFlow is imported lazily: importing this module costs nothing.
 """
 
 from __future__ import annotations
@@ -16,110 +16,19 @@ import json
 import logging
 import os
 import sys
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .files import atomic_output, atomic_write_text
+from .settings import ModelConfig
+
 log = logging.getLogger(__name__)
 
-BACKBONES = tuple(f"EfficientNetB{i}" for i in range(8))
 IMAGENET_WEIGHTS_URL = "https://storage.googleapis.com/keras-applications/"
 
 
 class WeightsNotFoundError(FileNotFoundError):
     """Requested encoder weights are not available offline."""
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture of one EfficientCellSeg network (JSON-serialisable, stored beside the model).
-
-    ``skip_layers`` are listed deepest first; the resized input image is always the last skip,
-    so there is one decoder stage per skip layer plus one.
-    """
-
-    backbone: str = "EfficientNetB5"
-    input_size: int = 384
-    cut_layer: str = "block6a_expand_activation"
-    skip_layers: tuple[str, ...] = (
-        "block4a_expand_activation",
-        "block3a_expand_activation",
-        "block1a_activation",
-    )
-    decoder_filters: tuple[int, ...] = (64, 48, 32, 16)
-    # Pseudocolor in [0, 1] is multiplied by this before the backbone's own 1/255 rescaling and
-    # ImageNet normalisation. The published models used 1.0; 255.0 matches what ImageNet
-    # weights expect.
-    input_scale: float = 1.0
-    encoder_weights: str | None = "imagenet"
-    # False: fall back to random initialisation (with a warning) when ImageNet weights are
-    # not in the Keras cache; True: stop with an error saying where to put the file.
-    require_encoder_weights: bool = False
-    extra: dict = field(default_factory=dict, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone {self.backbone!r} is not one of {', '.join(BACKBONES)}")
-        if self.input_size < 32 or self.input_size % 2 ** len(self.decoder_filters):
-            raise ValueError(
-                f"input_size {self.input_size} must be >= 32 and divisible by "
-                f"2**{len(self.decoder_filters)} (one halving per decoder stage)"
-            )
-        if len(self.decoder_filters) != len(self.skip_layers) + 1:
-            raise ValueError(
-                f"{len(self.decoder_filters)} decoder stages need {len(self.decoder_filters) - 1} "
-                f"skip layers (the input image is the last skip), got {len(self.skip_layers)}"
-            )
-        object.__setattr__(self, "skip_layers", tuple(self.skip_layers))
-        object.__setattr__(self, "decoder_filters", tuple(int(f) for f in self.decoder_filters))
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown model setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-PRESETS: dict[str, ModelConfig] = {
-    "paper": ModelConfig(),
-    # Same code path, ~150k parameters: for tests, the demo and quick experiments on a CPU.
-    "tiny": ModelConfig(
-        backbone="EfficientNetB0",
-        input_size=128,
-        cut_layer="block4a_expand_activation",
-        skip_layers=("block3a_expand_activation", "block2a_expand_activation"),
-        decoder_filters=(16, 16, 8),
-        input_scale=255.0,
-        encoder_weights=None,
-    ),
-}
-
-
-def resolve_config(spec: str | os.PathLike | dict | ModelConfig) -> ModelConfig:
-    """A :class:`ModelConfig` from a preset name, a JSON/YAML file, a dict or a config."""
-    if isinstance(spec, ModelConfig):
-        return spec
-    if isinstance(spec, dict):
-        base = spec.get("preset")
-        values = {k: v for k, v in spec.items() if k != "preset"}
-        if base is not None:
-            return ModelConfig.from_dict({**resolve_config(base).to_dict(), **values})
-        return ModelConfig.from_dict(values)
-    if str(spec) in PRESETS:
-        return PRESETS[str(spec)]
-    path = Path(spec)
-    if not path.is_file():
-        raise ValueError(
-            f"model config {str(spec)!r} is neither a preset ({', '.join(PRESETS)}) nor a file"
-        )
-    import yaml
-
-    return resolve_config(yaml.safe_load(path.read_text()))
 
 
 # --- building -------------------------------------------------------------------------------
@@ -280,19 +189,15 @@ def resolve_encoder_weights(config: ModelConfig) -> str | None:
 
 def save_model(model, path: str | os.PathLike, metadata: dict[str, Any]) -> None:
     """Save ``model`` as ``.keras`` with a JSON sidecar (config, task, counts) beside it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        model.save(tmp)
     write_metadata(path, metadata)
 
 
 def write_metadata(model_path: str | os.PathLike, metadata: dict[str, Any]) -> None:
-    sidecar = metadata_path(model_path)
-    tmp = sidecar.with_name(f".{sidecar.name}.tmp")
-    tmp.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, sidecar)
+    atomic_write_text(
+        metadata_path(model_path), json.dumps(metadata, indent=2, sort_keys=True) + "\n"
+    )
 
 
 def metadata_path(model_path: str | os.PathLike) -> Path:

@@ -25,8 +25,6 @@ entirely in the CTC field-of-interest border band are dropped, and labels are re
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from numbers import Integral, Real
 
 import cv2
 import numpy as np
@@ -35,61 +33,15 @@ from scipy.sparse.csgraph import connected_components
 from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 
+from .ctc import MAX_LABEL
+from .labels import overlap_table, renumber
+from .settings import PostprocessSettings
+
 log = logging.getLogger(__name__)
 
-KINDS = ("single", "distance", "centres")
-MAX_LABEL = int(np.iinfo(np.uint16).max)
-MAX_DENSE_CONTINGENCY = 1 << 22  # label pairs counted with np.bincount; beyond, with np.unique
 # Pixels touching diagonally belong together everywhere in 2D (markers, flooding, regions
 # without a marker), so that a marker never spans two regions the flood treats as separate.
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
-
-
-@dataclass(frozen=True)
-class PostprocessSettings:
-    """How probability maps become instance masks; one set per dataset (config ``postprocess``).
-
-    Attributes
-    ----------
-    kind
-        ``"single"``, ``"distance"`` or ``"centres"`` (see the module docstring).
-    threshold
-        Foreground where the cell probability is above this (paper: 0.5).
-    centre_threshold
-        Marker where the centre heatmap is above this (kind ``"centres"``).
-    min_area
-        2D segments with fewer pixels are dropped (before linking; in 2D frames the objects).
-    min_volume
-        3D objects with fewer voxels are dropped (3D frames only).
-    footprint
-        Edge of the square ``peak_local_max`` footprint of kind ``"distance"`` (paper: 12).
-    foi_border
-        CTC field-of-interest border E in pixels: objects with no pixel in [E, H-E) x [E, W-E)
-        are dropped, as the CTC annotations ignore them.
-    link_iou
-        Segments of adjacent slices are linked (one-to-one) when their IoU is at least this.
-        The default is low on purpose: the top and bottom slices of a nucleus have a much smaller
-        cross-section than their neighbour (IoU 0.1-0.3 is common for ellipsoids a few slices
-        high), whereas two distinct cells stacked exactly above each other are rare.
-    """
-
-    kind: str
-    threshold: float = 0.5
-    centre_threshold: float = 0.5
-    min_area: int = 0
-    min_volume: int = 0
-    footprint: int = 12
-    foi_border: int = 0
-    link_iou: float = 0.1
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"post-processing kind {self.kind!r} is not one of {list(KINDS)}")
-        for name in ("threshold", "centre_threshold", "link_iou"):
-            _check_setting(name, getattr(self, name), Real, 0, 1)
-        for name in ("min_area", "min_volume", "foi_border"):
-            _check_setting(name, getattr(self, name), Integral, 0)
-        _check_setting("footprint", self.footprint, Integral, 1)
 
 
 def postprocess_frame(
@@ -219,13 +171,13 @@ def link_slices(segments: np.ndarray, link_iou: float) -> np.ndarray:
     """
     if segments.ndim != 3:
         raise ValueError(f"expected per-slice labels (Z, H, W), got shape {segments.shape}")
-    per_slice = [_consecutive(labels) for labels in segments]
+    per_slice = [renumber(labels) for labels in segments]
     counts = [count for _, count in per_slice]
     # Segment j of slice z is node offsets[z] + j of one graph over the stack; node 0 is unused.
     offsets = np.concatenate([[0], np.cumsum(counts)])
     upper, lower = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for z in range(len(segments) - 1):
-        a, b = _match_by_iou(per_slice[z][0], per_slice[z + 1][0], counts[z + 1], link_iou)
+        a, b = _match_by_iou(per_slice[z][0], per_slice[z + 1][0], link_iou)
         upper.append(a + offsets[z])
         lower.append(b + offsets[z + 1])
     upper, lower = np.concatenate(upper), np.concatenate(lower)
@@ -251,22 +203,18 @@ def select_objects(objects: np.ndarray, *, min_size: int = 0, foi_border: int = 
     ValueError
         If more than 65535 objects remain (the CTC's uint16 masks cannot hold them).
     """
-    flat = objects.ravel()
-    top = int(flat.max(initial=0))
-    keep = np.bincount(flat, minlength=top + 1) >= max(min_size, 1)
+    sizes = np.bincount(objects.ravel())
+    keep = sizes >= max(min_size, 1)
     if foi_border:
         interior = objects[..., foi_border:-foi_border, foi_border:-foi_border]
-        keep &= np.bincount(interior.ravel(), minlength=top + 1) > 0
-    keep[0] = False
-    count = int(keep.sum())
+        keep &= np.bincount(interior.ravel(), minlength=len(sizes)) > 0
+    count = int(keep[1:].sum())
     if count > MAX_LABEL:
         raise ValueError(
             f"{count} objects in one frame do not fit the CTC's uint16 masks (at most "
             f"{MAX_LABEL}): raise min_area/min_volume or the thresholds"
         )
-    new_label = np.zeros(top + 1, dtype=np.uint16)
-    new_label[keep] = np.arange(1, count + 1, dtype=np.uint16)
-    return new_label[objects]
+    return renumber(objects, keep, dtype=np.uint16)[0]
 
 
 def _as_stack(array: np.ndarray) -> np.ndarray:
@@ -286,45 +234,22 @@ def _label_unmarked(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def _drop_small(labels: np.ndarray, min_area: int) -> np.ndarray:
     """Labels 1..n (int32) of the segments with at least ``min_area`` pixels; the others 0."""
-    keep = np.bincount(labels.ravel()) >= max(min_area, 1)
-    keep[0] = False
-    if keep[1:].all():  # already labels 1..n (watershed output usually is): no relabelling pass
-        return labels.astype(np.int32, copy=False)
-    new_label = np.zeros(len(keep), dtype=np.int32)
-    new_label[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return new_label[labels]
-
-
-def _consecutive(labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """Labels renumbered 1..n (int32) in the order of their values (0 stays 0), and n."""
-    if labels.size and labels.min() < 0:
-        raise ValueError("labels must not be negative")
-    top = int(labels.max(initial=0))
-    if top <= labels.size:  # a lookup table no larger than the image
-        present = np.bincount(labels.ravel(), minlength=top + 1) > 0
-        present[0] = False
-        if present[1:].all():  # already 1..top: skip the relabelling pass
-            return labels.astype(np.int32, copy=False), top
-        count = int(present.sum())
-        new_label = np.zeros(top + 1, dtype=np.int32)
-        new_label[present] = np.arange(1, count + 1, dtype=np.int32)
-        return new_label[labels], count
-    values, inverse = np.unique(labels, return_inverse=True)
-    shift = 0 if values[0] == 0 else 1
-    return (inverse.reshape(labels.shape) + shift).astype(np.int32), len(values) - 1 + shift
+    return renumber(labels, np.bincount(labels.ravel()) >= max(min_area, 1))[0]
 
 
 def _match_by_iou(
-    upper: np.ndarray, lower: np.ndarray, n_lower: int, link_iou: float
+    upper: np.ndarray, lower: np.ndarray, link_iou: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """One-to-one links (upper labels, lower labels) between two adjacent 2D label images.
 
-    Labels are consecutive (0 = background, ``lower`` holds 1..n_lower). Greedy matching: the
-    pair with the highest IoU is linked first, then the best pair of still unlinked segments.
+    Greedy matching: the pair with the highest IoU is linked first, then the best pair of
+    still unlinked segments.
     """
-    a, b, overlap = _overlaps(upper, lower, n_lower)
-    area_upper = np.bincount(upper.ravel())
-    area_lower = np.bincount(lower.ravel())
+    a, b, count = overlap_table(upper, lower)
+    area_upper = np.bincount(a, weights=count)
+    area_lower = np.bincount(b, weights=count)
+    both = (a > 0) & (b > 0)
+    a, b, overlap = a[both], b[both], count[both]
     iou = overlap / (area_upper[a] + area_lower[b] - overlap)
     candidates = np.flatnonzero(iou >= link_iou)
     order = candidates[np.lexsort((b[candidates], a[candidates], -iou[candidates]))]
@@ -337,22 +262,6 @@ def _match_by_iou(
             chosen.append(pair)
     chosen = np.array(chosen, dtype=np.int64)
     return a[chosen], b[chosen]
-
-
-def _overlaps(
-    upper: np.ndarray, lower: np.ndarray, n_lower: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Label pairs (a, b), both > 0, that share pixels, and how many: a sparse contingency table."""
-    both = (upper > 0) & (lower > 0)
-    pair_code = upper[both].astype(np.int64) * (n_lower + 1) + lower[both]
-    n_codes = (int(upper.max(initial=0)) + 1) * (n_lower + 1)
-    if n_codes <= MAX_DENSE_CONTINGENCY:
-        counts = np.bincount(pair_code, minlength=n_codes)
-        codes = np.flatnonzero(counts)
-        counts = counts[codes]
-    else:  # very many segments per slice: sort the pairs rather than count every possible pair
-        codes, counts = np.unique(pair_code, return_counts=True)
-    return codes // (n_lower + 1), codes % (n_lower + 1), counts
 
 
 def _check_maps(
@@ -391,12 +300,3 @@ def _check_probabilities(values: np.ndarray, name: str) -> None:
     low, high = values.min(), values.max()
     if not (low >= 0 and high <= 1):  # also catches NaN
         raise ValueError(f"{name} must hold probabilities in [0, 1], got [{low}, {high}]")
-
-
-def _check_setting(name: str, value, kind: type, least: float, most: float | None = None) -> None:
-    """Raise a ValueError naming the setting unless ``value`` is a ``kind`` in [least, most]."""
-    what = "a number" if kind is Real else "an integer"
-    limits = f">= {least}" if most is None else f"in [{least}, {most}]"
-    valid = isinstance(value, kind) and not isinstance(value, bool)
-    if not valid or value < least or (most is not None and value > most):
-        raise ValueError(f"post-processing {name} must be {what} {limits}, not {value!r}")

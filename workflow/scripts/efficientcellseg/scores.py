@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import ctc
+from .files import atomic_write_bytes
 from .metrics import op_csb, peseg
 
 REFERENCE_NAMES = {
@@ -172,8 +172,8 @@ def score_table(scores: DatasetScores) -> str:
 def write_dataset_scores(
     scores: DatasetScores, seg_txt: str | os.PathLike, table: str | os.PathLike
 ) -> None:
-    ctc.atomic_write_bytes(Path(seg_txt), seg_text(scores).encode())
-    ctc.atomic_write_bytes(Path(table), score_table(scores).encode())
+    atomic_write_bytes(Path(seg_txt), seg_text(scores).encode())
+    atomic_write_bytes(Path(table), score_table(scores).encode())
 
 
 def summary_dict(scores: DatasetScores) -> dict[str, Any]:

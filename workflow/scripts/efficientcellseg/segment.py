@@ -7,71 +7,48 @@ call :func:`segment_sequence`. A model folder is self-contained::
     centres.keras       (only for post-processing kind "centres")
     pipeline.json       post-processing and tiling settings of the dataset
 
-Masks are written atomically (a temporary file renamed into place), and a frame whose mask
-exists, has the frame's shape, is newer than every file of the model folder and was made with
-the same backend and precision (recorded in each mask's TIFF description) is skipped, so an
-interrupted run finishes the missing frames without redoing the others, while new models or
-other inference settings redo them all. Temporary files an interrupted run left behind are
-removed.
+Masks are written atomically (a temporary file renamed into place), and each records in its
+TIFF description what it was made from: the input frame (name, size, SHA-256 of its file), the
+model folder (SHA-256 of pipeline.json and the network files), the backend and precision that
+ran, and the SHA-256 of its own pixels. A run keeps a mask only when it reads back whole and
+its record matches what the run would do now, so an interrupted run finishes the missing
+frames without redoing the others, while a different input, other models or other inference
+settings redo them. Temporary files an interrupted run left behind are removed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import ctc
-from .inference import DEFAULT_BATCH_SIZE, TileSettings, open_predictor, predict_slices
+from .files import atomic_write_text, remove, temporaries
+from .inference import open_predictor, predict_slices, resolve_inference
 from .logs import frame_progress
-from .postprocess import PostprocessSettings, postprocess_frame
+from .postprocess import postprocess_frame
 from .pseudocolor import pseudocolor_frame
+from .settings import InferenceSettings, PipelineSettings
 
 log = logging.getLogger(__name__)
 
 PIPELINE_FILE = "pipeline.json"
-MADE_WITH = "efficientcellseg_inference"  # key of a mask's metadata: the backend and precision
+RECORD_KEY = "efficientcellseg"  # key of a mask's TIFF metadata: what it was made from and how
 MODEL_FILES = {"segmentation": "segmentation.keras", "centres": "centres.keras"}
-
-
-@dataclass(frozen=True)
-class PipelineSettings:
-    """What a model folder needs besides its networks to turn frames into masks."""
-
-    postprocess: PostprocessSettings
-    tiles: TileSettings | None = None
-
-    @property
-    def needs_centres(self) -> bool:
-        return self.postprocess.kind == "centres"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "postprocess": asdict(self.postprocess),
-            "tiles": asdict(self.tiles) if self.tiles else None,
-        }
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> PipelineSettings:
-        tiles = values.get("tiles")
-        return cls(
-            postprocess=PostprocessSettings(**values["postprocess"]),
-            tiles=TileSettings(**tiles) if tiles else None,
-        )
 
 
 def write_pipeline_settings(model_dir: str | os.PathLike, settings: PipelineSettings) -> Path:
     path = Path(model_dir) / PIPELINE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ctc.atomic_write_bytes(path, (json.dumps(settings.to_dict(), indent=2) + "\n").encode())
+    atomic_write_text(path, json.dumps(settings.to_dict(), indent=2) + "\n")
     return path
 
 
@@ -92,36 +69,41 @@ def read_pipeline_settings(model_dir: str | os.PathLike) -> PipelineSettings:
 class Segmenter:
     """Networks and settings of one model folder, loaded once, applied frame by frame.
 
-    ``timings`` accumulates seconds per stage over all frames segmented: ``pseudocolor``, one
-    entry per network (``segmentation``, ``centres``) and ``postprocess``;
-    :func:`segment_sequence` adds ``read`` and ``write``.
+    ``inference`` (or keyword overrides of its fields, e.g. ``backend="onnx"``) says how the
+    networks run. ``timings`` accumulates seconds per stage over all frames segmented:
+    ``pseudocolor``, one entry per network (``segmentation``, ``centres``) and
+    ``postprocess``; :func:`segment_sequence` adds ``read`` and ``write``.
+
+    Example
+    -------
+    >>> segmenter = Segmenter("results/MDA231/models/all")          # doctest: +SKIP
+    >>> labels = segmenter.segment(tifffile.imread("t000.tif"))     # doctest: +SKIP
     """
 
     def __init__(
         self,
         model_dir: str | os.PathLike,
-        *,
-        backend: str = "auto",
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        threads: int | None = None,
-        precision: str = "f32",
+        inference: InferenceSettings | None = None,
+        **overrides: Any,
     ):
         self.model_dir = Path(model_dir)
         self.settings = read_pipeline_settings(self.model_dir)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-        self.batch_size = batch_size
+        self.inference = replace(inference or InferenceSettings(), **overrides)
         self.timings: dict[str, float] = defaultdict(float)
-        tasks = ["segmentation"] + (["centres"] if self.settings.needs_centres else [])
         self.predictors = {}
-        self.backends = {}
-        for task in tasks:
-            path = self.model_dir / MODEL_FILES[task]
-            if not path.is_file():
-                raise FileNotFoundError(f"{path} missing: the model folder needs a {task} model")
-            self.predictors[task], self.backends[task] = open_predictor(
-                path, backend, threads=threads, precision=precision
+        for task in self.settings.networks:
+            path = network_path(self.model_dir, task)
+            self.predictors[task] = open_predictor(
+                path,
+                self.inference.backend,
+                threads=self.inference.threads,
+                precision=self.inference.precision,
             )
+
+    @property
+    def ran_with(self) -> dict[str, dict[str, str]]:
+        """Backend and precision each network runs with (what ran, not what was asked for)."""
+        return {task: _ran_with(p.backend, p.precision) for task, p in self.predictors.items()}
 
     def probabilities(self, frame: np.ndarray) -> dict[str, np.ndarray]:
         """Per-slice probability maps of every network, (Z, H, W) float32 (a 2D frame: (H, W)).
@@ -151,7 +133,10 @@ class Segmenter:
 
     def _predict(self, task: str, slices: np.ndarray) -> np.ndarray:
         return predict_slices(
-            self.predictors[task], slices, batch_size=self.batch_size, tiles=self.settings.tiles
+            self.predictors[task],
+            slices,
+            batch_size=self.inference.batch_size,
+            tiles=self.settings.tiles,
         )
 
     def segment(self, frame: np.ndarray) -> np.ndarray:
@@ -181,32 +166,41 @@ def segment_sequence(
     sequence_dir: str | os.PathLike,
     result_dir: str | os.PathLike,
     model_dir: str | os.PathLike,
+    inference: InferenceSettings | None = None,
     *,
-    backend: str = "auto",
-    batch_size: int = DEFAULT_BATCH_SIZE,
     frames: Iterable[int] | None = None,
     overwrite: bool = False,
-    threads: int | None = None,
-    precision: str = "f32",
     progress: bool = False,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Write ``maskTTT.tif`` (the input's digit count) for every frame (or ``frames``) of a CTC
     sequence, resuming: finished masks (see the module docstring) are kept unless ``overwrite``.
 
-    Returns a summary: frames written and skipped, backends and seconds per stage.
+    ``inference`` (or keyword overrides of its fields) says how the networks run. Returns a
+    summary: frames written and skipped, the backend and precision of each network, seconds
+    per stage.
     """
     sequence_dir = Path(sequence_dir)
     result_dir = Path(result_dir)
     model_dir = Path(model_dir)
+    inference = replace(inference or InferenceSettings(), **overrides)
     seq = ctc.open_sequence(sequence_dir.parent, sequence_dir.name)
     wanted = seq.frame_ids if frames is None else sorted(set(frames))
     unknown = sorted(set(wanted) - set(seq.frame_ids))
     if unknown:
         raise ValueError(f"{sequence_dir}: no frames {unknown}; it has {_span(seq.frame_ids)}")
-    read_pipeline_settings(model_dir)  # a broken model folder fails before anything else
-    _remove_stale_temporaries(result_dir)
-    made_with = {"backend": backend, "precision": precision}
-    finished = set() if overwrite else finished_masks(seq, result_dir, model_dir, made_with)
+    pipeline = read_pipeline_settings(model_dir)  # a broken model folder fails before anything
+    for tmp in temporaries(result_dir, "mask*"):
+        log.info("removing %s, left by an interrupted run", tmp)
+        remove(tmp)
+    ran_with = {
+        task: _ran_with(*resolve_inference(network_path(model_dir, task), inference.backend,
+                                           inference.precision))
+        for task in pipeline.networks
+    }  # fmt: skip
+    models = model_fingerprint(model_dir, pipeline.networks)
+    records = {f: mask_record(seq.frames[f], models, ran_with) for f in wanted}
+    finished = set() if overwrite else finished_masks(seq, result_dir, records)
     todo = [f for f in wanted if f not in finished]
     summary: dict[str, Any] = {
         "sequence": str(sequence_dir),
@@ -217,9 +211,9 @@ def segment_sequence(
     if not todo:
         log.info("%s: all %d masks exist already", result_dir, len(wanted))
         return summary
-    segmenter = Segmenter(
-        model_dir, backend=backend, batch_size=batch_size, threads=threads, precision=precision
-    )
+    segmenter = Segmenter(model_dir, inference)
+    if segmenter.ran_with != ran_with:  # cannot happen: both ask resolve_inference
+        raise AssertionError(f"networks run with {segmenter.ran_with}, not {ran_with}")
     result_dir.mkdir(parents=True, exist_ok=True)
     for frame in frame_progress(todo, progress, desc=f"{seq.name} frames"):
         with segmenter._timed("read"):
@@ -231,51 +225,87 @@ def segment_sequence(
             )
         labels = segmenter.segment(image)
         with segmenter._timed("write"):
-            ctc.write_labels(
-                result_dir / ctc.mask_name(frame, seq.digits), labels, {MADE_WITH: made_with}
-            )
+            record = {**records[frame], "pixels": pixels_digest(labels)}
+            path = result_dir / ctc.mask_name(frame, seq.digits)
+            ctc.write_labels(path, labels, {RECORD_KEY: record})
         log.debug("frame %d: %d objects", frame, int(labels.max()))
-    summary["backends"] = segmenter.backends
+    summary["inference"] = segmenter.ran_with
     summary["seconds"] = {k: round(v, 3) for k, v in segmenter.timings.items()}
     log.info("%s: wrote %d masks (%s)", result_dir, len(todo), summary["seconds"])
     return summary
 
 
+def network_path(model_dir: str | os.PathLike, task: str) -> Path:
+    """The ``.keras`` file of one network of a model folder, or an error saying it is missing."""
+    path = Path(model_dir) / MODEL_FILES[task]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing: the model folder needs a {task} model")
+    return path
+
+
+def model_fingerprint(model_dir: str | os.PathLike, networks: Iterable[str]) -> str:
+    """SHA-256 over pipeline.json and the files of every network a model folder uses."""
+    digest = hashlib.sha256()
+    files = [Path(model_dir) / PIPELINE_FILE]
+    for task in networks:
+        keras_file = network_path(model_dir, task)
+        files += [keras_file, keras_file.with_suffix(".onnx")]
+    for path in files:
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0")
+            with path.open("rb") as fh:
+                digest.update(hashlib.file_digest(fh, "sha256").digest())
+    return digest.hexdigest()
+
+
+def mask_record(
+    frame_path: Path, models: str, ran_with: dict[str, dict[str, str]]
+) -> dict[str, Any]:
+    """What the mask of a frame is made from: the frame file, the models, the inference."""
+    with frame_path.open("rb") as fh:
+        frame_digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    return {
+        "frame": {"name": frame_path.name, "bytes": frame_path.stat().st_size,
+                  "sha256": frame_digest},
+        "models": models,
+        "inference": ran_with,
+    }  # fmt: skip
+
+
+def pixels_digest(labels: np.ndarray) -> str:
+    """SHA-256 of a mask's pixels as stored (uint16, C order): proves it reads back whole."""
+    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.uint16).tobytes()).hexdigest()
+
+
 def finished_masks(
-    seq: ctc.Sequence, result_dir: Path, model_dir: Path, made_with: dict[str, str]
+    seq: ctc.Sequence, result_dir: Path, records: dict[int, dict[str, Any]]
 ) -> set[int]:
-    """Frames whose mask exists, has the frame's shape, is newer than every model file and was
-    made with the inference settings ``made_with``."""
-    model_files = [p for p in model_dir.iterdir() if p.is_file()] if model_dir.is_dir() else []
-    models_time = max((p.stat().st_mtime for p in model_files), default=float("inf"))
+    """Frames (of ``records``) whose mask reads back whole, with the frame's shape, and was made
+    from what ``records`` says (the same frame file, models and inference)."""
     finished = set()
-    for frame in seq.frame_ids:
+    for frame, expected in records.items():
         mask = result_dir / ctc.mask_name(frame, seq.digits)
-        if not mask.is_file() or mask.stat().st_mtime < models_time:
+        if not mask.is_file():
             continue
         try:
-            shape, metadata = ctc.tiff_header(mask)
-        except ctc.CTCFormatError:
-            log.warning("%s is unreadable: segmenting frame %d again", mask, frame)
+            stored = ctc.tiff_metadata(mask).get(RECORD_KEY) or {}
+            labels = ctc.read_labels(mask, seq.frame_shape)
+        except ctc.CTCFormatError as exc:
+            log.warning("%s: segmenting frame %d again (%s)", mask, frame, exc)
             continue
-        if shape != seq.frame_shape:
-            log.warning("%s has shape %s, not %s: segmenting again", mask, shape, seq.frame_shape)
-        elif metadata.get(MADE_WITH) != made_with:
-            log.info(
-                "%s was made with %s, not %s: segmenting again",
-                mask, metadata.get(MADE_WITH), made_with,
-            )  # fmt: skip
+        made_from = {k: v for k, v in stored.items() if k != "pixels"}
+        if made_from != expected:
+            changed = sorted(k for k in expected if stored.get(k) != expected[k])
+            log.info("%s was made from another %s: segmenting again", mask, "/".join(changed))
+        elif stored.get("pixels") != pixels_digest(labels):
+            log.warning("%s does not read back as written: segmenting again", mask)
         else:
             finished.add(frame)
     return finished
 
 
-def _remove_stale_temporaries(result_dir: Path) -> None:
-    """Delete the temporary files of masks whose writing was interrupted (``.mask*.part``)."""
-    if result_dir.is_dir():
-        for tmp in result_dir.glob(".mask*.part"):
-            log.info("removing %s, left by an interrupted run", tmp)
-            tmp.unlink(missing_ok=True)
+def _ran_with(backend: str, precision: str) -> dict[str, str]:
+    return {"backend": backend, "precision": precision}
 
 
 def _runs(flags: np.ndarray) -> list[tuple[int, int]]:

@@ -87,13 +87,12 @@ def _copy_code(target: Path) -> None:
 def _copy_models(source: Path, target: Path) -> dict[str, int]:
     """Copy a complete model folder; returns the parameter count of each network."""
     settings = read_pipeline_settings(source)
-    tasks = ["segmentation"] + (["centres"] if settings.needs_centres else [])
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
     shutil.copy2(source / "pipeline.json", target / "pipeline.json")
     parameters = {}
-    for task in tasks:
+    for task in settings.networks:
         model = source / MODEL_FILES[task]
         for path in (model, model.with_suffix(".json"), model.with_suffix(".onnx")):
             if not path.is_file():

@@ -20,58 +20,12 @@ import numpy as np
 from scipy import ndimage
 
 from . import ctc
+from .settings import SyntheticSpec
 
 log = logging.getLogger(__name__)
 
 MARKER_RADIUS = 0.5  # TRA markers: the central part of each nucleus (normalised radius)
 SILVER_TRUTH_SHRINK = 0.88  # eroded nuclei in the silver truth keep this normalised radius
-
-
-@dataclass(frozen=True)
-class SyntheticSpec:
-    """Size and look of a synthetic dataset. Defaults give a dataset in about a second."""
-
-    seed: int = 0
-    ndim: int = 3
-    n_sequences: int = 2
-    n_frames: int = 4
-    depth: int = 16
-    height: int = 128
-    width: int = 128
-    n_objects: int = 12
-    radius_xy: tuple[float, float] = (8.0, 13.0)
-    radius_z: tuple[float, float] = (2.0, 3.5)
-    touching_fraction: float = 0.3
-    drift: float = 1.5
-    background: float = 100.0
-    brightness: tuple[float, float] = (500.0, 900.0)
-    z_falloff: float = 0.8
-    blur_xy: float = 1.2
-    blur_z: float = 0.8
-    noise: float = 25.0
-
-    def __post_init__(self) -> None:
-        if self.ndim not in (2, 3):
-            raise ValueError(f"ndim must be 2 or 3, not {self.ndim}")
-        for name in ("n_sequences", "n_frames", "n_objects", "height", "width", "depth"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
-        if self.ndim == 3 and self.depth < 2 * self.radius_z[1] + 1:
-            raise ValueError(
-                f"depth {self.depth} is too small for objects of z radius up to "
-                f"{self.radius_z[1]}: use at least {int(2 * self.radius_z[1] + 1)} slices"
-            )
-        if min(self.height, self.width) < 2 * self.radius_xy[1] + 4:
-            raise ValueError(
-                f"{self.height}x{self.width} is too small for objects of radius up to "
-                f"{self.radius_xy[1]}"
-            )
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        if self.ndim == 2:
-            return (self.height, self.width)
-        return (self.depth, self.height, self.width)
 
 
 @dataclass

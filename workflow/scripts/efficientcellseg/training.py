@@ -19,23 +19,25 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .model import ModelConfig, build_model, load_model, parameter_counts, save_model
+from . import ctc
+from .files import atomic_output
+from .model import build_model, load_model, parameter_counts, read_metadata, save_model
+from .settings import DatasetSettings, ModelConfig, TrainingSettings
 from .training_data import (
-    TASKS,
     AnnotatedSlices,
-    Augmentation,
+    collect_annotated_slices,
     load_annotated_slices,
     prepare_sample,
+    save_annotated_slices,
     select_training_set,
     validation_split,
 )
@@ -49,70 +51,114 @@ MIN_LOSS_IMPROVEMENT = 1e-4  # smaller val_loss decreases count as a plateau
 
 
 @dataclass(frozen=True)
-class TrainingSettings:
-    """How to train (the paper leaves most of these unpublished; defaults are ours)."""
-
-    task: str = "segmentation"
-    training_set: str = "GT+ST"
-    epochs: int = 100
-    batch_size: int = 4
-    steps_per_epoch: int | None = None  # default: one pass over the training slices
-    learning_rate: float = 1e-3
-    reduce_lr_patience: int = 5
-    reduce_lr_factor: float = 0.5
-    early_stop_patience: int = 15
-    validation_fraction: float = 0.2
-    focal_gamma: float = 2.0
-    # Momentum of the moving averages of every BatchNormalization layer while training (Keras'
-    # EfficientNet uses 0.99): the averages, which inference uses, then follow the weights
-    # within ~10 rather than ~100 batches. None keeps the network's own.
-    batchnorm_momentum: float | None = 0.9
-    crop: int | None = None  # random square crops (slice pixels) for large, tiled slices
-    augmentation: Augmentation = field(default_factory=Augmentation)
-    # auto: float16 on a GPU, float32 on a CPU; or off/float16/bfloat16. bfloat16 on this
-    # project's AMX CPU hurt: held-out IoU 0.38 instead of 0.91 (tests/integration/test_training.py
-    # settings), most empty slices marked as cell, though its validation IoU read 0.90.
-    mixed_precision: str = "auto"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"task {self.task!r} is not one of {TASKS}")
-        if self.mixed_precision not in ("auto", "off", "float16", "bfloat16"):
-            raise ValueError(
-                f"mixed_precision {self.mixed_precision!r} is not auto/off/float16/bfloat16"
-            )
-        for name in ("epochs", "batch_size", "reduce_lr_patience", "early_stop_patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
-        if not 0 < self.reduce_lr_factor < 1:
-            raise ValueError(f"reduce_lr_factor must lie in (0, 1), got {self.reduce_lr_factor}")
-        if self.batchnorm_momentum is not None and not 0 < self.batchnorm_momentum < 1:
-            raise ValueError(
-                f"batchnorm_momentum must lie in (0, 1), got {self.batchnorm_momentum}"
-            )
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainingSettings:
-        values = dict(values)
-        if isinstance(values.get("augmentation"), dict):
-            values["augmentation"] = Augmentation(
-                **{
-                    k: tuple(v) if isinstance(v, list) else v
-                    for k, v in values["augmentation"].items()
-                }
-            )
-        return cls(**values)
-
-
-@dataclass(frozen=True)
 class TrainingOutputs:
+    """Where one network's training writes: the model (``.keras`` + ``.json`` sidecar), its
+    CSV log and PNG curve, and the checkpoint folder an interrupted run resumes from."""
+
     model: Path
     log_csv: Path
     curve_png: Path
     checkpoint_dir: Path
+
+    @classmethod
+    def in_folder(cls, model_dir: str | Path, task: str) -> TrainingOutputs:
+        """The files of network ``task`` in a model folder, named as the workflow names them."""
+        model_dir = Path(model_dir)
+        return cls(
+            model=model_dir / f"{task}.keras",
+            log_csv=model_dir / f"{task}_log.csv",
+            curve_png=model_dir / f"{task}_curve.png",
+            checkpoint_dir=model_dir / f".{task}_checkpoint",
+        )
+
+
+def train_model_folder(
+    dataset_dir: str | Path,
+    model_dir: str | Path,
+    dataset: DatasetSettings,
+    *,
+    sequences: list[str] | None = None,
+    threads: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """A complete model folder from a CTC dataset, without Snakemake: the same steps as the
+    workflow's pseudocolor, train and pipeline_settings rules, one after the other.
+
+    The pseudocolored slices of each sequence are kept in ``MODEL_DIR/.slices`` until every
+    network is trained, and each network resumes from its checkpoint, so running the same
+    command again after an interruption continues where it stopped. Returns the metadata of
+    each network.
+    """
+    from .segment import write_pipeline_settings
+
+    dataset_dir, model_dir = Path(dataset_dir), Path(model_dir)
+    sequences = sequences or ctc.discover_sequences(dataset_dir)
+    cache = model_dir / ".slices"
+    slice_files = []
+    for sequence in sequences:
+        path = cache / f"{sequence}.npz"
+        if not path.is_file():
+            save_annotated_slices(path, collect_annotated_slices(dataset_dir, sequence))
+        slice_files.append(path)
+    metadata = {}
+    for task in dataset.networks:
+        outputs = TrainingOutputs.in_folder(model_dir, task)
+        settings = dataset.training_settings(task)
+        done = _finished_network(outputs, dataset.model, settings, sequences)
+        metadata[task] = done or train_network(
+            slice_files,
+            outputs,
+            dataset.model,
+            settings,
+            description={"dataset": dataset.name, "trained_on_sequences": list(sequences)},
+            threads=threads,
+        )
+    write_pipeline_settings(model_dir, dataset.pipeline)
+    shutil.rmtree(cache, ignore_errors=True)
+    return metadata
+
+
+def _finished_network(
+    outputs: TrainingOutputs, model_config: ModelConfig, settings: TrainingSettings, sequences
+) -> dict[str, Any] | None:
+    """The metadata of a network already trained with these settings on these sequences."""
+    if not (outputs.model.is_file() and outputs.model.with_suffix(".onnx").is_file()):
+        return None
+    try:
+        metadata = read_metadata(outputs.model)
+    except (FileNotFoundError, ValueError):
+        return None
+    same = (
+        metadata.get("model_config") == model_config.to_dict()
+        and metadata.get("training") == settings.to_dict()
+        and metadata.get("trained_on_sequences") == list(sequences)
+    )
+    if same:
+        log.info("%s is trained with these settings already: kept", outputs.model)
+    return metadata if same else None
+
+
+def train_network(
+    slices_paths: list[str | Path],
+    outputs: TrainingOutputs,
+    model_config: ModelConfig,
+    settings: TrainingSettings,
+    *,
+    description: dict[str, Any] | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """:func:`train`, then export the model to ONNX beside it (what inference on a CPU reads)."""
+    from .inference import export_onnx
+
+    metadata = train(
+        slices_paths,
+        outputs,
+        model_config,
+        settings,
+        description=description,
+        threads=threads,
+    )
+    export_onnx(outputs.model)
+    return metadata
 
 
 def train(
@@ -199,7 +245,7 @@ def train(
         "task": settings.task,
         "model_config": model_config.to_dict(),
         "parameters": parameter_counts(best_model, model_config),
-        "training": _jsonable(asdict(settings)),
+        "training": settings.to_dict(),
         "best_epoch": int(best["epoch"]),
         "best_val_iou": float(best.get(MONITOR, math.nan)),
         "epochs_run": len(history),
@@ -348,23 +394,19 @@ class _Checkpoints:
 
     def save(self, model, state: _ScheduleState) -> None:
         """Write the checkpoint of ``state.epoch`` atomically, then drop the older ones."""
-        name = f"{CHECKPOINT_PREFIX}{state.epoch:04d}"
-        tmp = self.folder / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        model.save_weights(tmp / "weights.weights.h5")
-        (tmp / "state.json").write_text(json.dumps(state.to_json(), indent=1))
-        target = self.folder / name
+        target = self.folder / f"{CHECKPOINT_PREFIX}{state.epoch:04d}"
         shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
+        with atomic_output(target) as tmp:
+            tmp.mkdir()
+            model.save_weights(tmp / "weights.weights.h5")
+            (tmp / "state.json").write_text(json.dumps(state.to_json(), indent=1))
         for old in self._epoch_dirs():
             if old != target:
                 shutil.rmtree(old, ignore_errors=True)
 
     def save_best(self, export_model) -> None:
-        tmp = self.folder / ".best.tmp.keras"
-        export_model.save(tmp)
-        os.replace(tmp, self.best_model)
+        with atomic_output(self.best_model) as tmp:
+            export_model.save(tmp)
 
 
 class _Schedule:
@@ -443,7 +485,7 @@ class _Schedule:
 
 def _fingerprint(model_config: ModelConfig, settings: TrainingSettings, data) -> str:
     """Identity of a run: settings (the epoch budget aside), model and the training slices."""
-    values = _jsonable({**asdict(settings), "epochs": None})
+    values = {**settings.to_dict(), "epochs": None}
     digest = hashlib.sha256(
         json.dumps([model_config.to_dict(), values], sort_keys=True, default=str).encode()
     )
@@ -532,13 +574,11 @@ def _append_log(path: Path, row: dict[str, float]) -> None:
 
 
 def _write_log(path: Path, rows: list[dict[str, float]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as fh:
+    with atomic_output(path) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({**row, "epoch": int(row["epoch"])})
-    os.replace(tmp, path)
 
 
 def read_training_log(path: str | Path) -> list[dict[str, float]]:
@@ -580,11 +620,3 @@ def plot_training_curve(log_csv: str | Path, png: str | Path, *, title: str = ""
     Path(png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=100)
     plt.close(fig)
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    return value

@@ -19,8 +19,6 @@ pseudocolor rule; training picks the CTC training configuration GT, ST or GT+ST 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +27,12 @@ import cv2
 import numpy as np
 
 from . import ctc
+from .files import atomic_output
 from .pseudocolor import pseudocolor_frame
+from .settings import TASKS, TRAINING_SETS, Augmentation
 from .targets import centre_heatmap, foreground_target
 
 log = logging.getLogger(__name__)
-
-TRAINING_SETS = ("GT", "ST", "GT+ST")
-TASKS = ("segmentation", "centres")
 
 
 @dataclass
@@ -129,16 +126,8 @@ def _annotated_slices(colour: np.ndarray, mask: np.ndarray, ann: ctc.SegAnnotati
 
 def save_annotated_slices(path: str | Path, data: AnnotatedSlices) -> None:
     """Store as an uncompressed ``.npz`` (float16 barely compresses), written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         np.savez(tmp, **{name: getattr(data, name) for name in data.__dataclass_fields__})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_annotated_slices(paths: list[str | Path]) -> AnnotatedSlices:
@@ -221,21 +210,6 @@ def make_target(labels: np.ndarray, task: str) -> np.ndarray:
     if task == "centres":
         return centre_heatmap(labels)
     raise ValueError(f"task {task!r} is not one of {TASKS}")
-
-
-@dataclass(frozen=True)
-class Augmentation:
-    """Random geometric and intensity changes applied to each training sample."""
-
-    flips: bool = True
-    rotations: bool = True  # multiples of 90 degrees
-    scale_range: tuple[float, float] = (0.8, 1.25)
-    gamma_range: tuple[float, float] = (0.8, 1.25)
-    gain_range: tuple[float, float] = (0.9, 1.1)
-
-    @classmethod
-    def none(cls) -> Augmentation:
-        return cls(False, False, (1.0, 1.0), (1.0, 1.0), (1.0, 1.0))
 
 
 def prepare_sample(
