@@ -120,11 +120,13 @@ def test_each_env_alone_runs_its_rules(
         (tmp_path / "config.yaml").write_text(
             yaml.safe_dump({"ctc_server": server.url, **CONFIG}, sort_keys=False)
         )
+        folds = ("without-01", "without-02", "all")
         stages = [
             ("download", [f"resources/ctc/{SERVED}"]),
-            ("imaging", [f"results/tiny/models/without-{s}/pipeline.json" for s in ("01", "02")]
+            ("imaging", [f"results/tiny/models/{fold}/pipeline.json" for fold in folds]
              + [f"results/tiny/pseudocolor/{s}.npz" for s in ("01", "02")]),
-            ("tensorflow", [f"results/tiny/predictions/{s}.json" for s in ("01", "02")]),
+            ("tensorflow", [f"results/tiny/predictions/{s}.json" for s in ("01", "02")]
+             + ["results/tiny/models/all/segmentation.onnx"]),
             ("evaluation", ["results/tiny/SEG.txt"]),
             ("imaging", ["ctc_submission"]),
         ]  # fmt: skip
