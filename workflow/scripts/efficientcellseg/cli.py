@@ -186,6 +186,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"SEG measure: {evaluation.seg:.6f}")
     if evaluation.det is not None:
         print(f"DET measure: {evaluation.det:.6f}")
+    for line in evaluation.instance.lines():
+        print(line)
     print(f"wrote {scores} and {objects}")
 
 
