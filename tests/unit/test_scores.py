@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from efficientcellseg.scores import dataset_scores, score_table, seg_text
 
 
