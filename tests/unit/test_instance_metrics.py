@@ -17,11 +17,12 @@ from efficientcellseg.instance_metrics import (
     COCO_IOU_THRESHOLDS,
     accuracy,
     coco_average_precision,
-    f1_score,
     foreground_dice,
     foreground_iou,
     instance_scores,
     match_instances,
+    neurips_counts,
+    neurips_f1,
 )
 
 
@@ -33,8 +34,13 @@ def row(width: int, *objects: tuple[int, int, int]) -> np.ndarray:
     return labels
 
 
+def framed(labels: np.ndarray, margin: int = 3) -> np.ndarray:
+    """The labels inside a background frame, clear of NeurIPS-CellSeg's 2-pixel edge rule."""
+    return np.pad(labels, margin)
+
+
 def test_identical_images_score_one_everywhere():
-    labels = row(50, (1, 0, 10), (2, 20, 30), (7, 40, 45))
+    labels = framed(row(50, (1, 0, 10), (2, 20, 30), (7, 40, 45)))
     scores = instance_scores([match_instances(labels, labels)])
     assert scores.ap_50 == pytest.approx(1, abs=1e-12)
     assert scores.ap_50_95 == pytest.approx(1, abs=1e-12)
@@ -68,7 +74,8 @@ def test_equal_scores_make_ap_depend_on_the_order_of_detections():
     # FP last: precision 1 up to full recall.
     assert ap_last[0] == pytest.approx(1)
     # Instance counts do not depend on the order.
-    assert f1_score(ref, fp_first) == f1_score(ref, fp_last) == pytest.approx(0.8)
+    assert neurips_f1(framed(ref), framed(fp_first)) == pytest.approx(0.8)
+    assert neurips_f1(framed(ref), framed(fp_last)) == pytest.approx(0.8)
     assert accuracy(ref, fp_first) == pytest.approx(2 / 3)
 
 
@@ -78,7 +85,7 @@ def test_missed_object_limits_recall():
     ap = coco_average_precision([match_instances(ref, res)])
     # Recall 1/2 is reached with precision 1: 51 of the 101 recall points (0.00 .. 0.50).
     assert ap[0] == pytest.approx(51 / 101)
-    assert f1_score(ref, res) == pytest.approx(2 / 3)
+    assert neurips_f1(framed(ref), framed(res)) == pytest.approx(2 / 3)
     assert accuracy(ref, res) == pytest.approx(0.5)
 
 
@@ -86,7 +93,7 @@ def test_f1_accuracy_and_dice_known_counts():
     ref = row(100, (1, 0, 10), (2, 20, 30), (3, 40, 50), (4, 60, 70))
     # Three matches (one at IoU 0.6), one reference object missed, two false positives.
     res = row(100, (1, 0, 10), (2, 20, 30), (3, 40, 46), (5, 80, 85), (6, 90, 95))
-    assert f1_score(ref, res) == pytest.approx(2 * 3 / (4 + 5))
+    assert neurips_f1(framed(ref), framed(res)) == pytest.approx(2 * 3 / (4 + 5))
     assert accuracy(ref, res) == pytest.approx(3 / (3 + 2 + 1))
     assert foreground_dice(ref, res) == pytest.approx(2 * 26 / (40 + 36))
     assert foreground_iou(ref, res) == pytest.approx(26 / 50)
@@ -95,9 +102,10 @@ def test_f1_accuracy_and_dice_known_counts():
 def test_iou_below_one_half_never_matches():
     ref = row(20, (1, 0, 10))
     res = row(20, (1, 0, 5))  # IoU exactly 0.5 ...
-    assert f1_score(ref, res) == 1.0  # ... is a match (pycocotools: IoU >= threshold)
+    assert accuracy(ref, res) == 1.0  # ... is a match (pycocotools: IoU >= threshold)
+    assert neurips_f1(framed(ref), framed(res)) == 1.0
     res = row(20, (1, 0, 4))  # IoU 0.4
-    assert f1_score(ref, res) == 0.0
+    assert neurips_f1(framed(ref), framed(res)) == 0.0
     assert accuracy(ref, res) == 0.0
 
 
@@ -124,17 +132,40 @@ def test_3d_objects_are_matched_by_their_3d_iou():
 
 def test_empty_images_are_undefined_not_perfect():
     empty = np.zeros((5, 5), dtype=np.uint16)
-    assert math.isnan(f1_score(empty, empty))
+    assert math.isnan(accuracy(empty, empty))
     assert math.isnan(foreground_dice(empty, empty))
     scores = instance_scores([match_instances(empty, empty)])
-    assert math.isnan(scores.ap_50) and math.isnan(scores.f1_50)
-    # An image without reference objects but with results: F1 0, AP counts its false positives.
+    assert math.isnan(scores.ap_50) and math.isnan(scores.accuracy_50)
+    assert scores.f1_50 == 0.0  # the NeurIPS script scores an image without TP 0
+    # An image without reference objects but with results: AP counts its false positives.
     full = np.ones((5, 5), dtype=np.uint16)
     one = np.zeros((5, 5), dtype=np.uint16)
     one[:2] = 1
     scores = instance_scores([match_instances(empty, full), match_instances(one, one)])
-    assert scores.f1_50 == pytest.approx(0.5)  # mean of 0 and 1
+    assert scores.accuracy_50 == pytest.approx(0.5)  # mean of 0 and 1
     assert scores.ap_50 == pytest.approx(0.5, abs=1e-12)  # FP first, then the TP
+
+
+def test_neurips_f1_ignores_objects_touching_the_two_pixel_frame():
+    ref = np.zeros((12, 12), dtype=np.uint16)
+    ref[1:4, 4:8] = 1  # reaches row 1: inside the 2-pixel frame, removed
+    ref[5:9, 5:9] = 2
+    res = np.zeros_like(ref)
+    res[5:9, 5:9] = 3
+    res[9:12, 0:3] = 4  # a false positive on the edge: removed too
+    assert neurips_counts(ref, res) == (1, 0, 0)
+    assert neurips_f1(ref, res) == 1.0
+    assert accuracy(ref, res) == pytest.approx(1 / 3)  # other metrics count every object
+    res[5:9, 5:9] = 0
+    res[6, 6] = 5  # IoU 1/16
+    assert neurips_counts(ref, res) == (0, 1, 1) and neurips_f1(ref, res) == 0.0
+    assert neurips_counts(ref, np.zeros_like(res)) == (0, 0, 0)  # no result object: no FN
+    # 3D (our extension): the frame of every slice in Y and X, not the first and last slice.
+    volume = np.zeros((3, 12, 12), dtype=np.uint16)
+    volume[0:3, 5:9, 5:9] = 1
+    assert neurips_counts(volume, volume) == (1, 0, 0)
+    volume[1, 0, 0] = 2
+    assert neurips_counts(volume, volume) == (1, 0, 0)
 
 
 def test_bad_thresholds_and_shapes_are_refused():
@@ -245,6 +276,69 @@ def test_coco_ap_equals_pycocotools_on_exact_ties_and_empty_images():
     pairs = [(ref_tie, res_tie), (empty, row(8, (1, 0, 3))), (ref_tie, empty), (empty, empty)]
     ours = coco_average_precision([match_instances(ref, res) for ref, res in pairs])
     np.testing.assert_allclose(ours, pycocotools_ap(pairs), rtol=0, atol=1e-12)
+
+
+def neurips_script_counts(ref: np.ndarray, res: np.ndarray, tiled=5000 * 5000, tile=2000):
+    """TP, FP, FN the way the NeurIPS-CellSeg evaluation script computes them, written
+    independently from its published steps: per object loops, sequential relabelling,
+    a dense IoU matrix and the Hungarian algorithm."""
+    from scipy.optimize import linear_sum_assignment
+    from skimage.segmentation import relabel_sequential
+
+    def strip(mask):
+        mask = mask.astype(np.int32).copy()
+        frame = np.ones(mask.shape, bool)
+        frame[2:-2, 2:-2] = False
+        for label in np.unique(mask[frame]):
+            if label:
+                mask[mask == label] = 0
+        return relabel_sequential(mask)[0]
+
+    def confusion(gt, pred):
+        n_gt, n_pred = int(gt.max()), int(pred.max())
+        if n_pred == 0:
+            return 0, 0, 0
+        iou = np.zeros((n_gt, n_pred))
+        for i in range(1, n_gt + 1):
+            for j in range(1, n_pred + 1):
+                inter = np.sum((gt == i) & (pred == j))
+                iou[i - 1, j - 1] = inter / np.sum((gt == i) | (pred == j))
+        if n_gt == 0:
+            return 0, n_pred, 0
+        costs = -(iou >= 0.5).astype(float) - iou / (2 * min(iou.shape))
+        rows, cols = linear_sum_assignment(costs)
+        tp = int(np.sum(iou[rows, cols] >= 0.5))
+        return tp, n_pred - tp, n_gt - tp
+
+    if ref.size < tiled:
+        return confusion(strip(ref), strip(res))
+    height = -(-ref.shape[0] // tile) * tile
+    width = -(-ref.shape[1] // tile) * tile
+    gt = np.zeros((height, width), ref.dtype)
+    pred = np.zeros((height, width), res.dtype)
+    gt[: ref.shape[0], : ref.shape[1]], pred[: res.shape[0], : res.shape[1]] = ref, res
+    total = np.zeros(3, int)
+    for y in range(0, height, tile):
+        for x in range(0, width, tile):
+            window = np.s_[y : y + tile, x : x + tile]
+            total += confusion(strip(gt[window]), strip(pred[window]))
+    return tuple(total.tolist())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_neurips_counts_equal_the_scripts_steps(seed, monkeypatch):
+    rng = np.random.default_rng(seed)
+    ref = random_labels(rng, (48, 64), 20)
+    res = perturbed(rng, ref)
+    assert neurips_counts(ref, res) == neurips_script_counts(ref, res)
+    # Large images are tiled: shrink the rule's sizes so that a small image takes that path.
+    from efficientcellseg import instance_metrics
+
+    monkeypatch.setattr(instance_metrics, "NEURIPS_TILED_PIXELS", 1000)
+    monkeypatch.setattr(instance_metrics, "NEURIPS_TILE", 20)
+    tiled = neurips_counts(ref, res)
+    assert tiled == neurips_script_counts(ref, res, tiled=1000, tile=20)
+    assert tiled != neurips_script_counts(ref, res)  # the tile edges removed objects
 
 
 def test_thresholds_are_those_of_pycocotools():

@@ -402,7 +402,7 @@ def test_cli_evaluate(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[:2] == ["SEG measure: 0.875000", "DET measure: 0.950000"]
     # Two of two objects found (IoU 0.75 and 1), one false positive.
-    assert out[2].startswith("AP50     1.000000") and out[5].startswith("F1@0.5   0.800000")
+    assert out[2].startswith("AP50     1.000000") and out[6].startswith("Acc@0.5  0.666667")
     scores = json.loads((root / "01_EVAL" / "scores.json").read_text())
     assert scores["seg"] == 0.875 and scores["det"] == pytest.approx(0.95)
     assert scores["instance"]["accuracy_50"] == pytest.approx(2 / 3)
@@ -442,8 +442,8 @@ def test_instance_metrics_take_each_slice_file_as_an_image(tmp_path):
         [match_instances(slice0, result[0]), match_instances(slice2, result[2])]
     )
     assert instance.images == 2 and instance.reference_objects == 3
-    assert instance.f1_50 == pytest.approx((1 + 0.5) / 2)  # slice 2: 1 TP, 1 FP, 1 FN
-    assert instance.accuracy_50 == pytest.approx((1 + 1 / 3) / 2)
+    assert instance.accuracy_50 == pytest.approx((1 + 1 / 3) / 2)  # slice 2: 1 TP, 1 FP, 1 FN
+    assert instance.f1_50 == 0.0  # NeurIPS' rule drops every object here: all touch the frame
 
 
 def test_instance_metrics_of_full_3d_frames_use_3d_iou(tmp_path):
@@ -457,7 +457,7 @@ def test_instance_metrics_of_full_3d_frames_use_3d_iou(tmp_path):
     instance = evaluation.instance
     assert (instance.reference_objects, instance.result_objects) == (2, 4)
     assert instance.true_positives_50 == 2
-    assert instance.f1_50 == pytest.approx(2 * 2 / (2 + 4))
+    assert instance.f1_50 == 0.0  # every object touches the 2-voxel frame (NeurIPS' rule)
     assert instance.accuracy_50 == pytest.approx(2 / 4)
     assert instance.foreground_dice == pytest.approx(2 * 64 / (64 + 65))
     assert instance.foreground_iou == pytest.approx(64 / 65)
@@ -466,4 +466,4 @@ def test_instance_metrics_of_full_3d_frames_use_3d_iou(tmp_path):
     assert instance.ap_50 == pytest.approx(1)
     assert instance.ap_75 == pytest.approx(51 * 0.5 / 101)
     saved = evaluation.to_dict()["instance"]
-    assert saved["f1_50"] == instance.f1_50 and saved["images"] == 1
+    assert saved["accuracy_50"] == 0.5 and saved["images"] == 1

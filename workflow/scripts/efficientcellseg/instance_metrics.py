@@ -4,7 +4,7 @@ Each is computed from the contingency table of :mod:`.overlaps` (one pass over t
 arithmetic on the pairs of labels that touch), for 2D images and 3D frames alike; a 3D frame is
 one image whose objects are compared by their 3D IoU (voxels), not slice by slice.
 
-* COCO mask AP (LIVECell, Sartorius Kaggle leaderboards as LIVECell reports them): the definition
+* COCO mask AP (LIVECell's benchmark; the Sartorius data as COCO JSON): the definition
   of pycocotools' ``COCOeval(iouType="segm")``. At each IoU threshold 0.50:0.05:0.95, result
   objects are taken in order and each claims the still unmatched reference object of highest IoU
   >= the threshold; the precision/recall curve over all images (precision made non-increasing)
@@ -13,8 +13,13 @@ one image whose objects are compared by their 3D IoU (voxels), not slice by slic
   frames are passed in) and, within an image, of increasing result label. pycocotools caps the
   detections per image (``maxDets``, 100 by default); nothing is capped here (set ``maxDets``
   above the object count to compare). No object is a crowd region, and every area counts.
-* F1 at IoU 0.5 (NeurIPS 2022 Cell Segmentation challenge): per image ``2 TP / (2 TP + FP + FN)``
-  with one-to-one matches, then the mean (and median) over images.
+* F1 at IoU 0.5 (NeurIPS 2022 Cell Segmentation challenge, as its evaluation script computes
+  it): objects touching the 2-pixel frame of the image are removed from both images first;
+  images of 5000 x 5000 pixels or more are cut into 2000 x 2000 tiles (zero-padded), each
+  treated so and their TP/FP/FN summed, a tile without result objects adding nothing; F1 =
+  ``2 TP / (2 TP + FP + FN)``, 0 when TP = 0 (also for two empty images). Mean (and median) over
+  images. 3D frames (not part of the challenge): objects touching the 2-voxel frame of any slice
+  in Y or X are removed, no tiling.
 * Accuracy at IoU 0.5 (StarDist / EmbedSeg, which call it AP): per image ``TP / (TP + FP + FN)``,
   then the mean over images. Averaged over the thresholds 0.50:0.05:0.95 it is the Sartorius
   Kaggle score.
@@ -23,9 +28,10 @@ one image whose objects are compared by their 3D IoU (voxels), not slice by slic
 
 Matches are one-to-one at every threshold >= 0.5 because label images do not overlap: a
 reference object can share more than half of the union with one result object at most. IoU
-equal to a threshold counts as a match (pycocotools' rule; Kaggle's "IoU > t" differs only on
-exact ties). Per-image means skip images with neither reference nor result objects (the measures
-are undefined there); they are NaN when no image has any.
+equal to a threshold counts as a match (pycocotools' and the NeurIPS script's rule; Kaggle's
+"IoU > t" differs only on exact ties). The other per-image means skip images with neither
+reference nor result objects (the measures are undefined there); they are NaN when no image has
+any.
 """
 
 from __future__ import annotations
@@ -43,6 +49,11 @@ from .overlaps import LabelOverlaps, label_overlaps
 COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1)
 COCO_RECALL_POINTS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1)
 _AP50, _AP75 = 0, 5  # indices of 0.5 and 0.75 in COCO_IOU_THRESHOLDS
+# The NeurIPS-CellSeg evaluation: objects within this many pixels of the image (or tile) edge are
+# removed; images of at least NEURIPS_TILED_PIXELS pixels are evaluated in square tiles.
+NEURIPS_BORDER = 2
+NEURIPS_TILED_PIXELS = 5000 * 5000
+NEURIPS_TILE = 2000
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,7 @@ class InstanceMatching:
     reference_foreground: int  # voxels of the union of the reference objects
     result_foreground: int
     foreground_overlap: int  # voxels in both
+    neurips_counts: tuple[int, int, int]  # TP, FP, FN of the NeurIPS-CellSeg F1 at IoU 0.5
 
     @property
     def true_positives(self) -> np.ndarray:
@@ -71,9 +83,10 @@ class InstanceMatching:
         tp = self.true_positives
         return _ratio(tp, self.n_reference + self.n_result - tp)
 
-    def f1(self) -> np.ndarray:
-        """``2 TP / (2 TP + FP + FN)`` at each threshold (NaN without any object)."""
-        return _ratio(2 * self.true_positives, self.n_reference + self.n_result)
+    def neurips_f1(self) -> float:
+        """F1 at IoU 0.5 as the NeurIPS-CellSeg evaluation computes it (module docstring)."""
+        tp, fp, fn = self.neurips_counts
+        return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
     def dice(self) -> float:
         """Foreground Dice (NaN when both images are empty)."""
@@ -126,6 +139,8 @@ def match_instances(
     reference: np.ndarray,
     result: np.ndarray,
     thresholds: Iterable[float] = COCO_IOU_THRESHOLDS,
+    *,
+    overlaps: LabelOverlaps | None = None,
 ) -> InstanceMatching:
     """Match the objects of two label images one-to-one at each IoU threshold (pycocotools' rule).
 
@@ -136,41 +151,60 @@ def match_instances(
     thresholds
         IoU thresholds, each >= 0.5 (below it matches are no longer unique and order-dependent
         in ways this vectorised rule does not follow).
+    overlaps
+        Their contingency table when already computed (:func:`.overlaps.label_overlaps`).
 
     Returns
     -------
-    The matches of each result object at each threshold and the foreground overlap.
+    The matches of each result object at each threshold, the foreground overlap and the counts
+    of the NeurIPS-CellSeg F1.
     """
-    return match_overlaps(label_overlaps(reference, result), thresholds)
-
-
-def match_overlaps(
-    overlaps: LabelOverlaps, thresholds: Iterable[float] = COCO_IOU_THRESHOLDS
-) -> InstanceMatching:
-    """:func:`match_instances` from a contingency table already computed (as SEG computes it)."""
     thresholds = np.asarray(list(thresholds), dtype=np.float64)
     if thresholds.size == 0 or thresholds.min() < 0.5 or thresholds.max() > 1:
         raise ValueError(f"IoU thresholds must lie in [0.5, 1], got {thresholds.tolist()}")
-    n_ref, n_res = len(overlaps.ref_labels), len(overlaps.res_labels)
+    if overlaps is None:
+        overlaps = label_overlaps(reference, result)
+    n_res = len(overlaps.res_labels)
     iou = overlaps.pair_iou()
     matched = np.zeros((len(thresholds), n_res), dtype=bool)
     for index, threshold in enumerate(thresholds):
         # pycocotools compares against min(t, 1 - 1e-10) so that t = 1 still matches identity.
         candidate = iou >= min(threshold, 1 - 1e-10)
-        ref_index, res_index = overlaps.pair_ref[candidate], overlaps.pair_res[candidate]
-        if _unique(ref_index) and _unique(res_index):
-            matched[index, res_index] = True
-        else:  # IoU exactly 0.5 to two objects: resolve as pycocotools does
-            matched[index, _greedy_matches(ref_index, res_index, iou[candidate])] = True
+        matched[index, _one_to_one(overlaps, candidate, iou)] = True
     return InstanceMatching(
         thresholds=thresholds,
-        n_reference=n_ref,
+        n_reference=len(overlaps.ref_labels),
         n_result=n_res,
         result_matched=matched,
         reference_foreground=int(overlaps.ref_sizes.sum()),
         result_foreground=int(overlaps.res_sizes.sum()),
         foreground_overlap=int(overlaps.pair_count.sum()),
+        neurips_counts=neurips_counts(reference, result, overlaps=overlaps),
     )
+
+
+def neurips_counts(
+    reference: np.ndarray, result: np.ndarray, *, overlaps: LabelOverlaps | None = None
+) -> tuple[int, int, int]:
+    """TP, FP, FN at IoU 0.5 after the NeurIPS-CellSeg border and tiling rules (module docstring).
+
+    Removing objects leaves the others' sizes, so the IoU of the pairs kept does not change: the
+    contingency table of the whole image serves, filtered by the labels touching the frame.
+    """
+    reference, result = np.asarray(reference), np.asarray(result)
+    if reference.ndim == 2 and reference.size >= NEURIPS_TILED_PIXELS:
+        return _neurips_tiled(reference, result)
+    if overlaps is None:
+        overlaps = label_overlaps(reference, result)
+    keep_ref = ~np.isin(overlaps.ref_labels, _frame_labels(reference))
+    keep_res = ~np.isin(overlaps.res_labels, _frame_labels(result))
+    n_ref, n_res = int(keep_ref.sum()), int(keep_res.sum())
+    if n_res == 0:
+        return 0, 0, 0  # the script's rule for an image (or tile) without result objects
+    iou = overlaps.pair_iou()
+    candidate = (iou >= 0.5) & keep_ref[overlaps.pair_ref] & keep_res[overlaps.pair_res]
+    tp = len(_one_to_one(overlaps, candidate, iou))
+    return tp, n_res - tp, n_ref - tp
 
 
 def coco_average_precision(matchings: Sequence[InstanceMatching]) -> np.ndarray:
@@ -215,14 +249,14 @@ def instance_scores(matchings: Sequence[InstanceMatching]) -> InstanceScores:
     if matchings and not np.array_equal(matchings[0].thresholds, COCO_IOU_THRESHOLDS):
         raise ValueError("instance_scores needs matchings at COCO_IOU_THRESHOLDS")
     ap = coco_average_precision(matchings)
-    f1 = np.array([m.f1()[_AP50] for m in matchings])
+    f1 = np.array([m.neurips_f1() for m in matchings])
     accuracy = np.array([m.accuracy() for m in matchings]).reshape(len(matchings), -1)
     return InstanceScores(
         ap_50=float(ap[_AP50]),
         ap_75=float(ap[_AP75]),
         ap_50_95=float(ap.mean()),
-        f1_50=_nanmean(f1),
-        f1_50_median=float(np.nanmedian(f1)) if np.isfinite(f1).any() else math.nan,
+        f1_50=float(f1.mean()) if f1.size else math.nan,
+        f1_50_median=float(np.median(f1)) if f1.size else math.nan,
         accuracy_50=_nanmean(accuracy[:, _AP50]),
         kaggle_map=_nanmean(accuracy.mean(axis=1)),
         foreground_dice=_nanmean(np.array([m.dice() for m in matchings])),
@@ -234,9 +268,10 @@ def instance_scores(matchings: Sequence[InstanceMatching]) -> InstanceScores:
     )
 
 
-def f1_score(reference: np.ndarray, result: np.ndarray, threshold: float = 0.5) -> float:
-    """F1 of one image at an IoU threshold (NeurIPS-CellSeg: 0.5)."""
-    return float(match_instances(reference, result, (threshold,)).f1()[0])
+def neurips_f1(reference: np.ndarray, result: np.ndarray) -> float:
+    """F1 of one image at IoU 0.5 as the NeurIPS-CellSeg evaluation computes it."""
+    tp, fp, fn = neurips_counts(reference, result)
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
 def accuracy(reference: np.ndarray, result: np.ndarray, threshold: float = 0.5) -> float:
@@ -252,6 +287,37 @@ def foreground_dice(reference: np.ndarray, result: np.ndarray) -> float:
 def foreground_iou(reference: np.ndarray, result: np.ndarray) -> float:
     """IoU of the foregrounds (every object) of two label images."""
     return match_instances(reference, result, (0.5,)).iou()
+
+
+def _one_to_one(overlaps: LabelOverlaps, candidate: np.ndarray, iou: np.ndarray) -> np.ndarray:
+    """Result indices matched among candidate pairs (IoU >= a threshold >= 0.5)."""
+    ref_index, res_index = overlaps.pair_ref[candidate], overlaps.pair_res[candidate]
+    if _unique(ref_index) and _unique(res_index):
+        return res_index
+    # IoU exactly 0.5 to two objects. Such ties form stars (one object, halves of it), where
+    # pycocotools' greedy rule also finds the most matches, as the NeurIPS script's Hungarian.
+    return _greedy_matches(ref_index, res_index, iou[candidate])
+
+
+def _frame_labels(labels: np.ndarray) -> np.ndarray:
+    """Labels within NEURIPS_BORDER pixels of the edge in Y or X (every slice of a 3D frame)."""
+    b = NEURIPS_BORDER
+    edges = [labels[..., :b, :], labels[..., -b:, :], labels[..., :, :b], labels[..., :, -b:]]
+    return np.unique(np.concatenate([edge.ravel() for edge in edges]))
+
+
+def _neurips_tiled(reference: np.ndarray, result: np.ndarray) -> tuple[int, int, int]:
+    """The script's rule for large 2D images: zero-padded tiles, each with its own frame rule."""
+    tile = NEURIPS_TILE
+    padded = [-(-n // tile) * tile for n in reference.shape]
+    pad = [(0, p - n) for p, n in zip(padded, reference.shape, strict=True)]
+    reference, result = np.pad(reference, pad), np.pad(result, pad)
+    totals = np.zeros(3, dtype=np.int64)
+    for y in range(0, padded[0], tile):
+        for x in range(0, padded[1], tile):
+            window = np.s_[y : y + tile, x : x + tile]
+            totals += neurips_counts(reference[window], result[window])
+    return tuple(int(v) for v in totals)
 
 
 def _greedy_matches(ref_index: np.ndarray, res_index: np.ndarray, iou: np.ndarray) -> np.ndarray:

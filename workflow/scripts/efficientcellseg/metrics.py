@@ -39,7 +39,7 @@ import numpy as np
 import tifffile
 
 from . import ctc
-from .instance_metrics import InstanceScores, instance_scores, match_overlaps
+from .instance_metrics import InstanceScores, instance_scores, match_instances
 from .logs import frame_progress
 from .overlaps import LabelOverlaps, label_overlaps
 
@@ -318,7 +318,7 @@ def evaluate_sequence(
             res = result if ann.slice is None else result[ann.slice]
             overlaps = label_overlaps(ref, res)
             objects.extend(_seg_rows(overlaps, frame, ann.slice))
-            matchings.append(match_overlaps(overlaps))
+            matchings.append(match_instances(ref, res, overlaps=overlaps))
         if frame in seq.tra_markers:
             markers = ctc.read_labels(seq.tra_markers[frame], seq.frame_shape)
             det_total = det_total + det_frame(markers, result)
