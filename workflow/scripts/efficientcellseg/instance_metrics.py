@@ -19,7 +19,8 @@ one image whose objects are compared by their 3D IoU (voxels), not slice by slic
   treated so and their TP/FP/FN summed, a tile without result objects adding nothing; F1 =
   ``2 TP / (2 TP + FP + FN)``, 0 when TP = 0 (also for two empty images). Mean (and median) over
   images. 3D frames (not part of the challenge): objects touching the 2-voxel frame of any slice
-  in Y or X are removed, no tiling.
+  in Y or X are removed, no tiling. In frames that ``efficientcellseg import`` padded, the frame
+  is the padded image's: score exported (cropped) masks for the challenge's exact figure.
 * Accuracy at IoU 0.5 (StarDist / EmbedSeg, which call it AP): per image ``TP / (TP + FP + FN)``,
   then the mean over images. Averaged over the thresholds 0.50:0.05:0.95 it is the Sartorius
   Kaggle score.

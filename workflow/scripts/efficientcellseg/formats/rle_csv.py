@@ -124,6 +124,8 @@ def export_rle_csv(
 def encode_labels(labels: np.ndarray, order: str = "row") -> list[str]:
     """Run-length encodings of every object of a 2D label image, by increasing label."""
     _check_order(order)
+    if labels.ndim != 2:
+        raise ValueError(f"RLE CSV masks are 2D; got labels of shape {labels.shape}")
     flat = labels.ravel(order="C" if order == "row" else "F")
     change = np.flatnonzero(np.diff(flat)) + 1
     starts = np.concatenate([[0], change])
