@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from efficientcellseg import cli, ctc, metrics
+from efficientcellseg.instance_metrics import instance_scores, match_instances
 from efficientcellseg.metrics import (
     DetCounts,
     ObjectMatch,
@@ -400,8 +401,11 @@ def test_cli_evaluate(tmp_path, capsys):
     assert cli.main(["evaluate", str(root), "01"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[:2] == ["SEG measure: 0.875000", "DET measure: 0.950000"]
+    # Two of two objects found (IoU 0.75 and 1), one false positive.
+    assert out[2].startswith("AP50     1.000000") and out[6].startswith("Acc@0.5  0.666667")
     scores = json.loads((root / "01_EVAL" / "scores.json").read_text())
     assert scores["seg"] == 0.875 and scores["det"] == pytest.approx(0.95)
+    assert scores["instance"]["accuracy_50"] == pytest.approx(2 / 3)
     assert (root / "01_EVAL" / "objects.csv").read_text().count("\n") == 3
     assert sorted(p.name for p in (root / "01_RES").iterdir()) == ["mask000.tif"]
 
@@ -422,3 +426,44 @@ def test_cli_evaluate_bad_input(tmp_path, capsys, caplog):
     assert "mask0000.tif: missing; found mask000.tif" in caplog.text
     assert capsys.readouterr().out == ""
     assert not (root / "01_EVAL").exists()
+
+
+def test_instance_metrics_take_each_slice_file_as_an_image(tmp_path):
+    """COCO AP, F1, accuracy: a per-slice annotation is one image compared with its slice."""
+    shape = (3, 6, 6)
+    result = boxes(shape, (10, np.s_[0, 0:3, 0:3]), (20, np.s_[2, 3:6, 3:6]), (30, np.s_[2, 0, 0]))
+    slice0 = boxes(shape[1:], (1, np.s_[0:3, 0:3]))
+    slice2 = boxes(shape[1:], (1, np.s_[3:6, 2:6]), (2, np.s_[0:2, 0:2]))
+    root = write_dataset(
+        tmp_path / "DS", [result], gt_slices={(0, 0): slice0, (0, 2): slice2}, results=[result]
+    )
+    instance = evaluate_sequence(root, "01").instance
+    assert instance == instance_scores(
+        [match_instances(slice0, result[0]), match_instances(slice2, result[2])]
+    )
+    assert instance.images == 2 and instance.reference_objects == 3
+    assert instance.accuracy_50 == pytest.approx((1 + 1 / 3) / 2)  # slice 2: 1 TP, 1 FP, 1 FN
+    assert instance.f1_50 == 0.0  # NeurIPS' rule drops every object here: all touch the frame
+
+
+def test_instance_metrics_of_full_3d_frames_use_3d_iou(tmp_path):
+    shape = (4, 8, 8)
+    gt = boxes(shape, (1, np.s_[0:2, 0:4, 0:4]), (2, np.s_[2:4, 4:8, 4:8]))  # 32 voxels each
+    res = boxes(shape, (1, np.s_[0:2, 0:4, 0:2]), (2, np.s_[2:4, 4:8, 4:8]), (3, np.s_[3, 0, 0]))
+    res[0:2, 0:4, 2:4] = 4
+    res[0, 1, 2] = 1  # label 1: 17 of the 32 voxels of object 1 (IoU 0.53), label 4: 15
+    root = write_dataset(tmp_path / "DS", [gt], gt={0: gt}, results=[res])
+    evaluation = evaluate_sequence(root, "01")
+    instance = evaluation.instance
+    assert (instance.reference_objects, instance.result_objects) == (2, 4)
+    assert instance.true_positives_50 == 2
+    assert instance.f1_50 == 0.0  # every object touches the 2-voxel frame (NeurIPS' rule)
+    assert instance.accuracy_50 == pytest.approx(2 / 4)
+    assert instance.foreground_dice == pytest.approx(2 * 64 / (64 + 65))
+    assert instance.foreground_iou == pytest.approx(64 / 65)
+    # Detections in label order: TP, TP, FP, FP at 0.5, so AP50 = 1. At 0.75 label 1 is an FP
+    # before the TP: precision 1/2 up to recall 1/2, i.e. 51 of 101 recall points at 0.5.
+    assert instance.ap_50 == pytest.approx(1)
+    assert instance.ap_75 == pytest.approx(51 * 0.5 / 101)
+    saved = evaluation.to_dict()["instance"]
+    assert saved["accuracy_50"] == 0.5 and saved["images"] == 1

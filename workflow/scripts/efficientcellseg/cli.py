@@ -94,6 +94,64 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="where scores.json, objects.csv go (default DATASET_DIR/SEQ_EVAL)"
     )
     p.set_defaults(handler=_evaluate)
+    # -- import / export-results commands --
+    p = commands.add_parser(
+        "import",
+        help="convert EmbedSeg, COCO, Kaggle RLE or NeurIPS-CellSeg data into the CTC layout",
+        description="Each split becomes a CTC sequence (01, 02, ...) with its instance masks as "
+        "GT/SEG; DEST/import.json records which source image became which frame.",
+    )
+    p.add_argument(
+        "format",
+        choices=["embedseg", "coco", "kaggle-rle", "neurips-cellseg"],
+        help="source format",
+    )
+    p.add_argument(
+        "sources",
+        nargs="+",
+        type=Path,
+        metavar="SRC",
+        help="embedseg/neurips-cellseg: a split folder (with images/) or a folder of splits; "
+        "coco: JSON files; kaggle-rle: CSV files (one split each, in this order)",
+    )
+    p.add_argument("dest", type=Path, help="dataset folder to create")
+    p.add_argument(
+        "--images", type=Path, help="coco/kaggle-rle: images folder (default: beside the file)"
+    )
+    p.add_argument(
+        "--grey",
+        default="luminance",
+        choices=["luminance", "max"],
+        help="colour to grey: BT.709 luminance, or the brightest channel (default luminance)",
+    )
+    p.add_argument(
+        "--order",
+        default="row",
+        choices=["row", "column"],
+        help="kaggle-rle pixel order: row (Sartorius, default) or column (DSB 2018)",
+    )
+    p.set_defaults(handler=_import)
+
+    p = commands.add_parser(
+        "export-results",
+        help="write the masks of an imported dataset's sequence as COCO, RLE CSV or mask folders",
+    )
+    p.add_argument(
+        "format", choices=["coco", "kaggle-rle", "embedseg", "neurips-cellseg"], help="target"
+    )
+    p.add_argument("dataset_dir", type=Path, help="a dataset made by 'efficientcellseg import'")
+    p.add_argument("sequence", help="sequence name, e.g. 01")
+    p.add_argument("out", type=Path, help="file (coco, kaggle-rle) or folder to write")
+    p.add_argument("--results", type=Path, help="mask folder (default DATASET_DIR/SEQ_RES)")
+    p.add_argument(
+        "--ground-truth",
+        action="store_true",
+        help="export the imported SEQ_GT/SEG masks instead (coco: a dataset COCOeval can read)",
+    )
+    p.add_argument(
+        "--order", choices=["row", "column"], help="kaggle-rle pixel order (default: as imported)"
+    )
+    p.set_defaults(handler=_export_results)
     # -- pseudocolor command --
     p = commands.add_parser(
         "pseudocolor", help="context-aware pseudocolor of a 2D/3D frame (R=z-1, G=z, B=z+1)"
@@ -227,7 +285,41 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"SEG measure: {evaluation.seg:.6f}")
     if evaluation.det is not None:
         print(f"DET measure: {evaluation.det:.6f}")
+    for line in evaluation.instance.lines():
+        print(line)
     print(f"wrote {scores} and {objects}")
+
+
+def _import(args: argparse.Namespace) -> None:
+    from .formats import MAPPING_FILE, import_dataset
+
+    mapping = import_dataset(
+        args.format, args.sources, args.dest, images=args.images, grey=args.grey, order=args.order
+    )
+    print(f"wrote {args.dest}:")
+    for name, sequence in mapping["sequences"].items():
+        annotated = sum(1 for frame in sequence["frames"] if "objects" in frame)
+        print(
+            f"  {name}: split {sequence['split']}, {len(sequence['frames'])} frames of "
+            f"{'x'.join(map(str, sequence['frame_shape']))}, {annotated} annotated"
+        )
+    print(f"  mapping: {args.dest / MAPPING_FILE}")
+
+
+def _export_results(args: argparse.Namespace) -> None:
+    from .formats import export_results
+
+    written = export_results(
+        args.format,
+        args.dataset_dir,
+        args.sequence,
+        args.out,
+        results=args.results,
+        ground_truth=args.ground_truth,
+        order=args.order,
+    )
+    count = f" ({len(written)} masks)" if isinstance(written, list) else ""
+    print(f"wrote {args.out}{count}")
 
 
 def _download(args: argparse.Namespace) -> None:

@@ -16,9 +16,13 @@ CTC; Ulman et al., Nature Methods 2017; Maška et al., Nature Methods 2023):
   Fluo-N3DL-DRO/TRIC/TRIF in the CSB), each result object detecting k > 1 markers costs k - 1
   splits (weight 5). ``DET = 1 - min(AOGM-D, AOGM-D0) / AOGM-D0`` with ``AOGM-D0 = 10 x markers``.
 
+Beside SEG and DET, the same annotation files give the metrics other communities report (COCO
+AP, F1, accuracy, foreground Dice/IoU; :mod:`.instance_metrics`): each annotation file is one image
+there, a full 3D annotation compares 3D objects (IoU of voxels), a per-slice annotation its slice.
+
 Overlaps of all label pairs of a frame come from one sparse contingency table
-(:func:`efficientcellseg.labels.overlap_table`). A frame costs a few passes over its voxels
-whatever its number of objects, and frames are read one at a time.
+(:func:`efficientcellseg.labels.label_overlaps`), computed once per annotation file for every
+measure; frames are read one at a time.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ import tifffile
 
 from . import ctc
 from .files import atomic_write_bytes
-from .labels import overlap_table
+from .instance_metrics import InstanceScores, instance_scores, match_instances
+from .labels import LabelOverlaps, label_overlaps
 from .logs import frame_progress
 
 log = logging.getLogger(__name__)
@@ -141,6 +146,8 @@ class SequenceEvaluation:
     det_counts: DetCounts | None
     det_penalise_fp: bool
     objects: tuple[ObjectMatch, ...]
+    # COCO AP, F1, accuracy, Dice/IoU over the same annotations (None: not computed)
+    instance: InstanceScores | None = None
 
     def to_dict(self) -> dict:
         """Scores as JSON-able values, without the per-object rows."""
@@ -155,27 +162,8 @@ class SequenceEvaluation:
             "det": self.det,
             "det_counts": self.det_counts.to_dict() if self.det_counts else None,
             "det_penalise_fp": self.det_penalise_fp,
+            "instance": self.instance.to_dict() if self.instance else None,
         }
-
-
-@dataclass(frozen=True)
-class _Overlaps:
-    """Labels of two images, their sizes, and the overlap of every pair of labels that touch."""
-
-    ref_labels: np.ndarray  # sorted positive labels present in the reference
-    ref_sizes: np.ndarray
-    res_labels: np.ndarray
-    res_sizes: np.ndarray
-    pair_ref: np.ndarray  # index into ref_labels
-    pair_res: np.ndarray  # index into res_labels
-    pair_count: np.ndarray  # voxels shared by the pair (> 0)
-
-    def matched(self) -> np.ndarray:
-        """Pairs whose result object covers more than half of the reference object (strictly).
-
-        At most one pair per reference object can pass: two would need more than all of it.
-        """
-        return 2 * self.pair_count > self.ref_sizes[self.pair_ref]
 
 
 def seg_frame(
@@ -199,7 +187,16 @@ def seg_frame(
     -------
     One :class:`ObjectMatch` per reference object, by increasing reference label.
     """
-    overlaps = _overlaps(reference, result)
+    return _seg_rows(label_overlaps(reference, result), frame, slice)
+
+
+def seg_measure(reference: np.ndarray, result: np.ndarray) -> float:
+    """SEG of a single reference image: mean Jaccard over its objects (NaN if it has none)."""
+    rows = seg_frame(reference, result)
+    return math.fsum(r.jaccard for r in rows) / len(rows) if rows else float("nan")
+
+
+def _seg_rows(overlaps: LabelOverlaps, frame: int, slice: int | None) -> list[ObjectMatch]:
     n_ref = len(overlaps.ref_labels)
     matched_label = np.zeros(n_ref, dtype=np.int64)
     jaccard = np.zeros(n_ref, dtype=np.float64)
@@ -216,15 +213,9 @@ def seg_frame(
     ]
 
 
-def seg_measure(reference: np.ndarray, result: np.ndarray) -> float:
-    """SEG of a single reference image: mean Jaccard over its objects (NaN if it has none)."""
-    rows = seg_frame(reference, result)
-    return math.fsum(r.jaccard for r in rows) / len(rows) if rows else float("nan")
-
-
 def det_frame(markers: np.ndarray, result: np.ndarray) -> DetCounts:
     """Detection errors of one frame: TRA markers against the result (CTC DET rule)."""
-    overlaps = _overlaps(markers, result)
+    overlaps = label_overlaps(markers, result)
     hit = overlaps.matched()
     detections = np.bincount(overlaps.pair_res[hit], minlength=len(overlaps.res_labels))
     n_markers = len(overlaps.ref_labels)
@@ -321,13 +312,16 @@ def evaluate_sequence(
     frames = sorted(set(by_frame) | set(seq.tra_markers))
 
     objects: list[ObjectMatch] = []
+    matchings = []  # one per annotation file, in frame (then slice) order: COCO's image order
     det_total = DetCounts(0, 0, 0, 0) if seq.tra_markers else None
     for frame in frame_progress(frames, progress, f"evaluate {seq.name}"):
         result = ctc.read_labels(result_dir / ctc.mask_name(frame, digits), seq.frame_shape)
         for ann in by_frame.get(frame, []):
             ref = ctc.read_annotation(ann, seq.frame_shape)
             res = result if ann.slice is None else result[ann.slice]
-            objects.extend(seg_frame(ref, res, frame=frame, slice=ann.slice))
+            overlaps = label_overlaps(ref, res)
+            objects.extend(_seg_rows(overlaps, frame, ann.slice))
+            matchings.append(match_instances(ref, res, overlaps=overlaps))
         if frame in seq.tra_markers:
             markers = ctc.read_labels(seq.tra_markers[frame], seq.frame_shape)
             det_total = det_total + det_frame(markers, result)
@@ -359,6 +353,7 @@ def evaluate_sequence(
         det_counts=det_total,
         det_penalise_fp=det_penalise_fp,
         objects=tuple(objects),
+        instance=instance_scores(matchings),
     )
     log.info(
         "%s/%s vs %s: SEG %.6f over %d objects%s",
@@ -405,49 +400,6 @@ def peseg(seg: float, parameters: int) -> float:
 def penalises_false_positives(dataset: str) -> bool:
     """Whether the CSB counts DET false positives for a dataset (not for DRO/TRIC/TRIF)."""
     return not any(dataset.startswith(name) for name in NO_FP_PENALTY_DATASETS)
-
-
-def _overlaps(reference: np.ndarray, result: np.ndarray) -> _Overlaps:
-    if np.shape(reference) != np.shape(result):
-        raise ValueError(
-            f"reference shape {np.shape(reference)} differs from result shape {np.shape(result)}"
-        )
-    ref = _flat_labels(reference, "reference")
-    res = _flat_labels(result, "result")
-    pair_ref, pair_res, counts = overlap_table(ref, res)
-    ref_labels, ref_sizes = _marginal(pair_ref, counts)
-    res_labels, res_sizes = _marginal(pair_res, counts)
-    both = (pair_ref != 0) & (pair_res != 0)
-    return _Overlaps(
-        ref_labels,
-        ref_sizes,
-        res_labels,
-        res_sizes,
-        np.searchsorted(ref_labels, pair_ref[both]),
-        np.searchsorted(res_labels, pair_res[both]),
-        counts[both],
-    )
-
-
-def _marginal(labels: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted positive labels of one side of the table and their sizes (voxel counts)."""
-    values, index = np.unique(labels, return_inverse=True)
-    sizes = np.zeros(len(values), dtype=np.int64)
-    np.add.at(sizes, index, counts)
-    keep = values != 0
-    return values[keep], sizes[keep]
-
-
-def _flat_labels(labels: np.ndarray, what: str) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.dtype == bool:
-        labels = labels.view(np.uint8)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{what} labels must be integers, not {labels.dtype}")
-    flat = labels.reshape(-1)
-    if flat.size and np.issubdtype(flat.dtype, np.signedinteger) and flat.min() < 0:
-        raise ValueError(f"{what} labels must not be negative")
-    return flat
 
 
 def _mask_header_problems(path: Path, frame_shape: tuple[int, ...]) -> list[str]:

@@ -3,7 +3,9 @@
 The workflow scores every sequence with models that never saw it (:mod:`.metrics` per sequence)
 and summarises them here into ``SEG.txt`` (what a person reads first) and a score table (the
 report). The dataset score is the mean over its sequences, as the CTC ranks a dataset by the
-mean of its sequences' measures; OP_CSB and PESEG follow from it.
+mean of its sequences' measures; OP_CSB and PESEG follow from it. The metrics other communities
+report (COCO AP, F1, accuracy, foreground Dice/IoU; :mod:`.instance_metrics`) are shown beside
+them, per sequence and as the same mean over sequences.
 """
 
 from __future__ import annotations
@@ -19,6 +21,17 @@ from typing import Any
 
 from .files import atomic_write_bytes
 from .metrics import op_csb, peseg
+
+# scores.json "instance" key -> (SEG.txt/table name, what it is), in the order they are shown.
+INSTANCE_COLUMNS = {
+    "ap_50": ("AP50", "COCO mask AP at IoU 0.5"),
+    "ap_75": ("AP75", "COCO mask AP at IoU 0.75"),
+    "ap_50_95": ("AP", "COCO mAP over IoU 0.50:0.05:0.95"),
+    "f1_50": ("F1@0.5", "NeurIPS-CellSeg F1, mean of images"),
+    "accuracy_50": ("Acc@0.5", "StarDist/EmbedSeg TP/(TP+FP+FN), mean of images"),
+    "foreground_dice": ("Dice", "foreground, mean of images"),
+    "foreground_iou": ("IoU", "foreground, mean of images"),
+}
 
 REFERENCE_NAMES = {
     "GT": "gold truth (0X_GT/SEG)",
@@ -37,6 +50,10 @@ class SequenceScore:
     det: float | None
     n_reference_objects: int
     parameters: int
+    instance: dict[str, float] | None = None  # scores.json "instance" (absent in older files)
+
+    def instance_value(self, key: str) -> float | None:
+        return None if self.instance is None else self.instance.get(key)
 
 
 @dataclass(frozen=True)
@@ -66,6 +83,11 @@ class DatasetScores:
     @property
     def peseg(self) -> float:
         return peseg(self.seg, self.parameters)
+
+    def instance_mean(self, key: str) -> float | None:
+        """Mean over the sequences of one instance metric (None if a sequence lacks it)."""
+        values = [s.instance_value(key) for s in self.sequences]
+        return None if any(v is None for v in values) else _mean(values)
 
 
 def dataset_scores(
@@ -103,6 +125,7 @@ def dataset_scores(
                 det=None if scores.get("det") is None else float(scores["det"]),
                 n_reference_objects=int(scores["n_reference_objects"]),
                 parameters=sum(int(meta["parameters"]["total"]) for meta in networks),
+                instance=scores.get("instance"),
             )
         )
     if not sequences:
@@ -120,6 +143,7 @@ def seg_text(scores: DatasetScores) -> str:
         f"OP_CSB   {_fmt(op)}",
         f"params   {scores.parameters:,}   (all networks used per sequence)",
         f"PESEG    {scores.peseg:.6f}   (SEG / params x 1e6)",
+        *_instance_lines(scores),
         "",
         f"dataset  {scores.name} ({scores.ctc_name})",
         f"against  {REFERENCE_NAMES[scores.reference]}",
@@ -139,6 +163,7 @@ def score_table(scores: DatasetScores) -> str:
     writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
     writer.writerow(
         ["sequence", "models", "reference", "SEG", "DET", "OP_CSB", "objects", "parameters"]
+        + [name for name, _ in INSTANCE_COLUMNS.values()]
     )
     for s in scores.sequences:
         seq_op = None if s.det is None else op_csb(s.seg, s.det)
@@ -152,6 +177,10 @@ def score_table(scores: DatasetScores) -> str:
                 _cell(seq_op),
                 s.n_reference_objects,
                 s.parameters,
+                *(
+                    _cell(None if s.instance is None else s.instance.get(k))
+                    for k in INSTANCE_COLUMNS
+                ),
             ]
         )
     writer.writerow(
@@ -164,6 +193,7 @@ def score_table(scores: DatasetScores) -> str:
             _cell(scores.op_csb),
             sum(s.n_reference_objects for s in scores.sequences),
             scores.parameters,
+            *(_cell(scores.instance_mean(key)) for key in INSTANCE_COLUMNS),
         ]
     )
     return buffer.getvalue()
@@ -184,6 +214,17 @@ def summary_dict(scores: DatasetScores) -> dict[str, Any]:
         "parameters": scores.parameters,
         "peseg": scores.peseg,
     }
+
+
+def _instance_lines(scores: DatasetScores) -> list[str]:
+    lines = []
+    for key, (name, meaning) in INSTANCE_COLUMNS.items():
+        mean = scores.instance_mean(key)
+        if mean is None:
+            continue
+        per_seq = ", ".join(f"{s.sequence}: {s.instance[key]:.6f}" for s in scores.sequences)
+        lines.append(f"{name:<8s} {mean:.6f}   ({meaning}; {per_seq})")
+    return lines
 
 
 def _mean(values: list[float]) -> float:
