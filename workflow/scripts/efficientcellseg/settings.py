@@ -60,11 +60,17 @@ def allowed_values(definition: str, key: str | None = None) -> tuple:
 
 
 @functools.cache
-def _validator(definition: str | None):
+def _validator(definition: str | None, key: str | None = None):
+    """A validator of ``$defs/<definition>`` (or of its property ``key``; None: the config)."""
     import jsonschema
 
     root = schema()
-    target = root if definition is None else {"$ref": f"#/$defs/{definition}"}
+    if definition is None:
+        target = root
+    elif key is None:
+        target = {"$ref": f"#/$defs/{definition}"}
+    else:
+        target = _property(definition, key)
     return jsonschema.Draft202012Validator({**target, "$defs": root["$defs"]})
 
 
@@ -372,10 +378,7 @@ class PostprocessSettings(_Settings):
 
 
 def _check_property(definition: str, key: str, value: Any) -> None:
-    import jsonschema
-
-    node = {**_property(definition, key), "$defs": schema()["$defs"]}
-    for error in jsonschema.Draft202012Validator(node).iter_errors(value):
+    for error in _validator(definition, key).iter_errors(value):
         raise SettingsError(f"{key}: {error.message}")
 
 
