@@ -50,6 +50,43 @@ def test_params_command_takes_presets_and_settings_files(tiny_model, tmp_path, c
     assert main(["params", "--config", "huge"]) == 2
 
 
+def unet_parameters(filters: tuple[int, ...]) -> dict[str, int]:
+    """Parameters of the U-Net counted by hand: 3x3 convolutions (weights and bias), batch
+    norms (4 per channel: scale, offset, moving mean and variance), 2x2 transposed
+    convolutions, the 1x1 head."""
+
+    def conv(inputs: int, outputs: int, size: int = 3) -> int:
+        return size * size * inputs * outputs + outputs
+
+    def block(inputs: int, outputs: int) -> int:  # 2 x (conv, batch norm)
+        return conv(inputs, outputs) + 4 * outputs + conv(outputs, outputs) + 4 * outputs
+
+    *levels, bottom = filters
+    encoder, channels = 0, 3
+    for width in [*levels, bottom]:
+        encoder += block(channels, width)
+        channels = width
+    decoder = 0
+    for width in reversed(levels):
+        decoder += conv(channels, width, size=2) + block(2 * width, width)
+        channels = width
+    decoder += conv(channels, 1, size=1)
+    return {"total": encoder + decoder, "encoder": encoder, "decoder": decoder}
+
+
+@pytest.mark.parametrize("preset", ["unet", "unet-small"])
+def test_unet_baselines_have_the_parameters_counted_by_hand(preset: str, capsys) -> None:
+    """The classic U-Net (31M; Ronneberger et al. 2015, here with batch norms) and a small one."""
+    assert main(["params", "--config", preset]) == 0
+    counts = printed_counts(capsys.readouterr().out)
+    assert counts == unet_parameters(PRESETS[preset].unet_filters)
+    if preset == "unet":
+        assert 31_000_000 < counts["total"] < 31_100_000
+    model = build_model(PRESETS["unet-small"])
+    out = np.asarray(model(np.random.default_rng(1).random((2, 90, 70, 3), dtype=np.float32)))
+    assert out.shape == (2, 90, 70, 1) and 0 <= out.min() <= out.max() <= 1
+
+
 def test_tiny_configuration_takes_any_input_size(tiny_model) -> None:
     model, config = tiny_model
     counts = parameter_counts(model, config)

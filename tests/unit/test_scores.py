@@ -3,9 +3,12 @@ as their mean, beside SEG/DET; files written before those metrics existed still 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
-from efficientcellseg.scores import dataset_scores, score_table, seg_text
+import pytest
+
+from efficientcellseg.scores import comparison_table, dataset_scores, score_table, seg_text
 
 
 def write_inputs(tmp_path, instance: dict[str, dict | None]):
@@ -59,3 +62,25 @@ def test_scores_without_instance_metrics_still_summarise(tmp_path):
     assert "AP50" not in seg_text(scores)
     mean = score_table(scores).splitlines()[-1].split("\t")
     assert mean[8:] == ["NA"] * 7
+
+
+def test_models_compare_side_by_side_with_their_parameter_efficiency(tmp_path):
+    evaluations, models = write_inputs(tmp_path, {"01": None, "02": None})
+    small = dataset_scores("cells", "Fluo-X", "GT", evaluations, models)
+    large = dataset_scores("cells-unet", "Fluo-X", "GT", evaluations, models)
+    large = dataclasses.replace(
+        large,
+        sequences=tuple(dataclasses.replace(s, parameters=100_000) for s in large.sequences),
+    )
+    rows = [
+        line.split("\t")
+        for line in comparison_table([(large, "U-Net"), (small, "ECS")]).splitlines()
+    ]
+    assert rows[0] == ["dataset", "model", "parameters", "SEG", "DET", "OP_CSB", "PESEG",
+                       "reference"]  # fmt: skip
+    # fewest parameters first; SEG 0.6 (mean of 0.5 and 0.7) per million parameters
+    assert rows[1] == ["cells", "ECS", "1000", "0.600000", "NA", "NA", "600.000000", "GT"]
+    assert rows[2][:3] == ["cells-unet", "U-Net", "100000"] and rows[2][6] == "6.000000"
+    other = dataclasses.replace(small, reference="ST")
+    with pytest.raises(ValueError, match="not scored alike"):
+        comparison_table([(small, "ECS"), (other, "ECS on ST")])

@@ -63,7 +63,11 @@ def test_allowed_values_come_from_the_schema() -> None:
     assert tuple(inference["backend"]["enum"]) == settings.BACKENDS
     assert tuple(inference["precision"]["enum"]) == settings.PRECISIONS
     assert settings.KINDS == ("single", "distance", "centres")
-    assert set(settings.PRESETS) == set(settings.PRESET_NAMES) == {"paper", "tiny"}
+    assert (
+        set(settings.PRESETS)
+        == set(settings.PRESET_NAMES)
+        == {"paper", "tiny", "unet", "unet-small"}
+    )
 
 
 def test_the_workflow_config_becomes_typed_settings() -> None:
@@ -146,3 +150,17 @@ def test_the_settings_module_imports_nothing_heavy() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_a_dataset_can_start_from_another_like_the_baselines() -> None:
+    baselines = yaml.safe_load((ROOT / "config" / "baselines.yaml").read_text())
+    merged = {**CONFIG, "datasets": {**CONFIG["datasets"], **baselines["datasets"]}}
+    typed = workflow_settings(merged)
+    unet, original = typed.datasets["CHO-sample-unet"], typed.datasets["CHO-sample"]
+    assert unet.model == settings.PRESETS["unet-small"] and unet.model.architecture == "unet"
+    assert (unet.ctc_name, unet.pipeline, unet.training, unet.score_against) == (
+        original.ctc_name, original.pipeline, original.training, original.score_against
+    )  # fmt: skip
+    circular = {"a": {"like": "b"}, "b": {"like": "a"}}
+    with pytest.raises(SettingsError, match="a -> b -> a: `like` goes round in a circle"):
+        workflow_settings({"datasets": circular})

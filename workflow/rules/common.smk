@@ -68,33 +68,68 @@ def heldout_predictions(wildcards):
     ]
 
 
-def heldout_scores_by_sequence(wildcards):
-    """sequence -> its scores.json."""
+def scores_by_sequence(ds):
+    """sequence -> the held-out scores.json of dataset ``ds``."""
     return {
-        seq: f"results/{wildcards.ds}/evaluation/{seq}/scores.json"
-        for seq in DATASETS[wildcards.ds].sequences
+        seq: f"results/{ds}/evaluation/{seq}/scores.json"
+        for seq in DATASETS[ds].sequences
     }
+
+
+def model_metadata_by_sequence(ds):
+    """sequence -> metadata of every network of the models that segmented it."""
+    return {
+        seq: [
+            f"results/{ds}/models/without-{seq}/{task}.json"
+            for task in DATASETS[ds].networks
+        ]
+        for seq in DATASETS[ds].sequences
+    }
+
+
+def heldout_scores_by_sequence(wildcards):
+    return scores_by_sequence(wildcards.ds)
 
 
 def heldout_scores(wildcards):
-    return list(heldout_scores_by_sequence(wildcards).values())
+    return list(scores_by_sequence(wildcards.ds).values())
 
 
 def heldout_model_metadata_by_sequence(wildcards):
-    """sequence -> metadata of every network of the models that segmented it."""
-    ds = DATASETS[wildcards.ds]
-    return {
-        seq: [
-            f"results/{wildcards.ds}/models/without-{seq}/{task}.json"
-            for task in ds.networks
-        ]
-        for seq in ds.sequences
-    }
+    return model_metadata_by_sequence(wildcards.ds)
 
 
 def heldout_model_metadata(wildcards):
     return [
         path
-        for paths in heldout_model_metadata_by_sequence(wildcards).values()
+        for paths in model_metadata_by_sequence(wildcards.ds).values()
         for path in paths
     ]
+
+
+def compared_datasets(wildcards):
+    """Every configured dataset entry of CTC dataset ``ctc``: one per model to compare."""
+    return [d.name for d in DATASETS.values() if d.ctc_name == wildcards.ctc]
+
+
+def comparison_inputs(wildcards):
+    return [
+        path
+        for ds in compared_datasets(wildcards)
+        for path in [
+            *scores_by_sequence(ds).values(),
+            *(p for paths in model_metadata_by_sequence(ds).values() for p in paths),
+        ]
+    ]
+
+
+def comparison_entries(wildcards):
+    return {
+        ds: {
+            "label": DATASETS[ds].model.label,
+            "reference": DATASETS[ds].score_against,
+            "scores": scores_by_sequence(ds),
+            "models": model_metadata_by_sequence(ds),
+        }
+        for ds in compared_datasets(wildcards)
+    }

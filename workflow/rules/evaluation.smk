@@ -79,3 +79,28 @@ rule seg_summary:
         models=heldout_model_metadata_by_sequence,
     script:
         "../scripts/seg_summary.py"
+
+
+# Models side by side on one CTC dataset: every configured entry with that CTC name (e.g. the
+# U-Net baselines of config/baselines.yaml), held-out SEG, parameters and PESEG.
+rule model_comparison:
+    input:
+        comparison_inputs,
+    output:
+        report(
+            "results/comparison/{ctc}.tsv",
+            caption="../report/comparison.rst",
+            category="Scores",
+            labels={"comparison": "{ctc}"},
+        ),
+    log:
+        "logs/comparison/{ctc}.log",
+    wildcard_constraints:
+        ctc=_alternatives({d.ctc_name for d in DATASETS.values()}),
+    localrule: True
+    conda:
+        "../../envs/evaluation.yaml"
+    params:
+        datasets=comparison_entries,
+    script:
+        "../scripts/model_comparison.py"

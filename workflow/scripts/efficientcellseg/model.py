@@ -35,7 +35,12 @@ class WeightsNotFoundError(FileNotFoundError):
 
 
 def build_model(config: ModelConfig, *, name: str = "efficientcellseg"):
-    """Build the network; its output is a sigmoid map of the input's height and width."""
+    """Build the network; its output is a sigmoid map of the input's height and width.
+
+    Every architecture shares the input and output: pseudocolor slices of any size, resized to
+    the inner square size inside the network, and a probability map resized back, so training,
+    export and inference treat them alike.
+    """
     import keras
     from keras import layers
 
@@ -43,6 +48,53 @@ def build_model(config: ModelConfig, *, name: str = "efficientcellseg"):
 
     image = keras.Input((None, None, 3), name="pseudocolor")
     resized = ResizeTo(config.input_size, name="resize_in")(image)
+    if config.architecture == "unet":
+        x = _unet(config, resized)
+    else:
+        x = _efficientcellseg_decoder(config, resized)
+    x = layers.Conv2D(1, 1, name="head")(x)
+    x = layers.Activation("sigmoid", dtype="float32", name="probability")(x)
+    output = ResizeLike(name="resize_out", dtype="float32")([x, image])
+    return keras.Model(image, output, name=name)
+
+
+def _conv_block(x, filters: int, prefix: str):
+    """Two 3x3 convolutions, each followed by batch norm and ReLU."""
+    from keras import layers
+
+    for conv in range(2):
+        x = layers.Conv2D(filters, 3, padding="same", name=f"{prefix}_conv{conv}")(x)
+        x = layers.BatchNormalization(name=f"{prefix}_bn{conv}")(x)
+        x = layers.ReLU(name=f"{prefix}_relu{conv}")(x)
+    return x
+
+
+def _unet(config: ModelConfig, resized):
+    """The U-Net of Ronneberger et al. (2015): per level two 3x3 convolutions, max pooling on
+    the way down, a 2x2 transposed convolution and the level's skip on the way up. The layers
+    of the contracting path (levels and bottom) are named ``enc*``, the others ``dec*``."""
+    from keras import layers
+
+    x = layers.Rescaling(config.input_scale, name="input_scale")(resized)
+    *levels, bottom = config.unet_filters
+    skips = []
+    for level, filters in enumerate(levels):
+        x = _conv_block(x, filters, f"enc{level}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
+    x = _conv_block(x, bottom, "enc_bottom")
+    for level in reversed(range(len(levels))):
+        filters = levels[level]
+        x = layers.Conv2DTranspose(filters, 2, strides=2, name=f"dec{level}_up")(x)
+        x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
+        x = _conv_block(x, filters, f"dec{level}")
+    return x
+
+
+def _efficientcellseg_decoder(config: ModelConfig, resized):
+    """The truncated EfficientNet encoder and the light decoder of Wagner & Rohr (2022)."""
+    from keras import layers
+
     scaled = layers.Rescaling(config.input_scale, name="input_scale")(resized)
     backbone = _backbone(config, scaled)
     x = backbone.get_layer(config.cut_layer).output
@@ -52,14 +104,8 @@ def build_model(config: ModelConfig, *, name: str = "efficientcellseg"):
     for stage, (filters, skip) in enumerate(zip(config.decoder_filters, skips, strict=True)):
         x = layers.UpSampling2D(2, interpolation="bilinear", name=f"dec{stage}_up")(x)
         x = layers.Concatenate(name=f"dec{stage}_concat")([x, skip])
-        for conv in range(2):
-            x = layers.Conv2D(filters, 3, padding="same", name=f"dec{stage}_conv{conv}")(x)
-            x = layers.BatchNormalization(name=f"dec{stage}_bn{conv}")(x)
-            x = layers.ReLU(name=f"dec{stage}_relu{conv}")(x)
-    x = layers.Conv2D(1, 1, name="head")(x)
-    x = layers.Activation("sigmoid", dtype="float32", name="probability")(x)
-    output = ResizeLike(name="resize_out", dtype="float32")([x, image])
-    return keras.Model(image, output, name=name)
+        x = _conv_block(x, filters, f"dec{stage}")
+    return x
 
 
 def set_green_threshold_weights(model, config: ModelConfig, level: float, sharpness: float) -> None:
@@ -98,7 +144,8 @@ def set_green_threshold_weights(model, config: ModelConfig, level: float, sharpn
 
 
 def parameter_counts(model, config: ModelConfig) -> dict[str, int]:
-    """Total, encoder (backbone up to the cut layer) and decoder parameter counts."""
+    """Total, encoder (backbone up to the cut layer; a U-Net's contracting path) and decoder
+    parameter counts."""
     import keras
 
     backbone_layers = _encoder_layer_names(model, config)
@@ -115,6 +162,8 @@ def _encoder_layer_names(model, config: ModelConfig) -> set[str]:
     """Names of layers between the input scaling and the cut layer (the truncated encoder)."""
     import keras
 
+    if config.architecture == "unet":
+        return {layer.name for layer in model.layers if layer.name.startswith("enc")}
     encoder = keras.Model(
         model.get_layer("input_scale").output, model.get_layer(config.cut_layer).output
     )

@@ -206,6 +206,48 @@ def write_dataset_scores(
     atomic_write_bytes(Path(table), score_table(scores).encode())
 
 
+def comparison_table(compared: list[tuple[DatasetScores, str]]) -> str:
+    """Models side by side on one dataset (TSV): each row a configured dataset entry with its
+    model label, parameters of all its networks, held-out SEG, DET, OP_CSB and PESEG.
+
+    The entries must score the same sequences against the same reference, so that the figures
+    are comparable; PESEG (SEG per million parameters) is the parameter efficiency the
+    EfficientCellSeg paper claims.
+    """
+    if not compared:
+        raise ValueError("nothing to compare")
+    first = compared[0][0]
+    for scores, _ in compared[1:]:
+        same = (scores.reference, [s.sequence for s in scores.sequences]) == (
+            first.reference,
+            [s.sequence for s in first.sequences],
+        )
+        if not same:
+            raise ValueError(
+                f"{scores.name} and {first.name} are not scored alike (reference, sequences): "
+                "their figures cannot be compared"
+            )
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+    writer.writerow(
+        ["dataset", "model", "parameters", "SEG", "DET", "OP_CSB", "PESEG", "reference"]
+    )
+    for scores, label in sorted(compared, key=lambda item: item[0].parameters):
+        writer.writerow(
+            [
+                scores.name,
+                label,
+                scores.parameters,
+                f"{scores.seg:.6f}",
+                _cell(scores.det),
+                _cell(scores.op_csb),
+                f"{scores.peseg:.6f}",
+                scores.reference,
+            ]
+        )
+    return buffer.getvalue()
+
+
 def summary_dict(scores: DatasetScores) -> dict[str, Any]:
     return {
         "seg": scores.seg,

@@ -167,6 +167,7 @@ class ModelConfig(_Settings):
     _definition: ClassVar[str] = "model_settings"
     _key: ClassVar[str] = "model"
 
+    architecture: str = "efficientcellseg"
     backbone: str = "EfficientNetB5"
     input_size: int = 384
     cut_layer: str = "block6a_expand_activation"
@@ -184,9 +185,23 @@ class ModelConfig(_Settings):
     # False: fall back to random initialisation (with a warning) when ImageNet weights are
     # not in the Keras cache; True: stop with an error saying where to put the file.
     require_encoder_weights: bool = False
+    # architecture "unet" only: filters of each level, top to bottom (one pooling between two)
+    unet_filters: tuple[int, ...] = (64, 128, 256, 512, 1024)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.architecture == "unet":
+            poolings = len(self.unet_filters) - 1
+            if self.input_size % 2**poolings:
+                raise SettingsError(
+                    f"model input_size {self.input_size} must be divisible by 2**{poolings} "
+                    "(one halving per U-Net level)"
+                )
+            if self.encoder_weights not in (None, "", "none"):
+                raise SettingsError(
+                    "a U-Net has no pretrained encoder: set model encoder_weights to null"
+                )
+            return
         stages = len(self.decoder_filters)
         if self.input_size % 2**stages:
             raise SettingsError(
@@ -199,6 +214,14 @@ class ModelConfig(_Settings):
                 f"last skip), got {len(self.skip_layers)}"
             )
 
+    @property
+    def label(self) -> str:
+        """A short description for score tables, e.g. ``EfficientCellSeg B0/128``."""
+        if self.architecture == "unet":
+            filters = f"{self.unet_filters[0]}-{self.unet_filters[-1]}"
+            return f"U-Net {filters}/{self.input_size}"
+        return f"EfficientCellSeg {self.backbone.removeprefix('EfficientNet')}/{self.input_size}"
+
 
 PRESETS: dict[str, ModelConfig] = {
     "paper": ModelConfig(),
@@ -210,6 +233,16 @@ PRESETS: dict[str, ModelConfig] = {
         skip_layers=("block3a_expand_activation", "block2a_expand_activation"),
         decoder_filters=(16, 16, 8),
         input_scale=255.0,
+        encoder_weights=None,
+    ),
+    # Baselines for the parameter efficiency of EfficientCellSeg (same input, training and
+    # post-processing): the classic U-Net of Ronneberger et al. 2015 (with batch norms and
+    # "same" padding), and a sixteenth of it at the tiny network's input size.
+    "unet": ModelConfig(architecture="unet", encoder_weights=None),
+    "unet-small": ModelConfig(
+        architecture="unet",
+        input_size=128,
+        unet_filters=(16, 32, 64, 128, 256),
         encoder_weights=None,
     ),
 }
@@ -554,9 +587,7 @@ def workflow_settings(config: dict[str, Any]) -> WorkflowSettings:
 def dataset_settings(config: dict[str, Any], name: str) -> DatasetSettings:
     """Merged, typed settings of dataset ``name`` (an entry of the validated config)."""
     datasets = config.get("datasets", {})
-    if name not in datasets:
-        raise SettingsError(f"dataset {name!r} is not configured; known: {sorted(datasets)}")
-    entry = _merge(config.get("defaults", {}), datasets[name])
+    entry = _merge(config.get("defaults", {}), _dataset_entry(datasets, name))
     where = f"datasets.{name}"
     try:
         training = TrainingSettings.from_dict(
@@ -587,6 +618,17 @@ def dataset_settings(config: dict[str, Any], name: str) -> DatasetSettings:
         )
     except SettingsError as exc:
         raise SettingsError(f"{where}: {exc}") from None
+
+
+def _dataset_entry(datasets: dict[str, Any], name: str, seen: tuple[str, ...] = ()) -> dict:
+    """A dataset's config entry, on top of the entry it is ``like`` (recursively)."""
+    if name not in datasets:
+        raise SettingsError(f"dataset {name!r} is not configured; known: {sorted(datasets)}")
+    if name in seen:
+        raise SettingsError(f"datasets {' -> '.join((*seen, name))}: `like` goes round in a circle")
+    entry = dict(datasets[name])
+    base = entry.pop("like", None)
+    return entry if base is None else _merge(_dataset_entry(datasets, base, (*seen, name)), entry)
 
 
 def _dataset_default(entry: dict[str, Any], key: str) -> Any:
