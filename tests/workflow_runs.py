@@ -8,12 +8,15 @@ results/, logs/) and the config are the test's own.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from efficientcellseg.settings import SyntheticSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -61,23 +64,28 @@ class WorkflowRun:
         return self
 
 
-def served_dataset_zip(ctc_name: str) -> bytes:
-    """A CTC training zip (top folder ``ctc_name``) of a very small synthetic dataset, as the
-    CTC server ships one, for download rules run against a test's HTTP server."""
+def served_dataset_zip(
+    ctc_name: str, spec: SyntheticSpec | None = None, *, challenge: bool = False
+) -> bytes:
+    """A CTC zip (top folder ``ctc_name``) of a very small synthetic dataset, as the CTC server
+    ships one, for download rules run against a test's HTTP server. ``challenge``: a challenge
+    (test) set, holding the raw sequences only (no 0X_GT, 0X_ST)."""
     import io
     import tempfile
     import zipfile
 
-    from efficientcellseg.settings import SyntheticSpec
     from efficientcellseg.synthetic import write_synthetic_dataset
 
     buffer = io.BytesIO()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / ctc_name
-        spec = SyntheticSpec(seed=5, n_frames=1, depth=8, height=48, width=48, n_objects=2)
+        spec = spec or SyntheticSpec(seed=5, n_frames=1, depth=8, height=48, width=48, n_objects=2)
         write_synthetic_dataset(folder, spec)
         with zipfile.ZipFile(buffer, "w") as archive:
             for path in sorted(folder.rglob("*")):
+                relative = path.relative_to(folder)
+                if challenge and not re.fullmatch(r"\d{2}", relative.parts[0]):
+                    continue
                 archive.write(path, path.relative_to(folder.parent).as_posix())
     return buffer.getvalue()
 

@@ -72,16 +72,23 @@ def test_submission_folder_is_complete(organiser_folder: Path) -> None:
         script = folder / f"{CTC_NAME}-{name}.sh"
         assert script.stat().st_mode & 0o111, f"{script} is not executable"
         header = script.read_text().split("set -euo pipefail")[0]
-        assert "Prerequisites" in header and "requirements.txt" in header and "GPU" in header
+        assert "Prerequisites" in header and "./install.sh" in header and "GPU" in header
+        assert "encoder initialisation: segmentation: random; centres: random" in header
     models = folder / "models" / CTC_NAME
     for task in ("segmentation", "centres"):
         for suffix in ("keras", "onnx", "json"):
             assert (models / f"{task}.{suffix}").is_file()
     assert (models / "pipeline.json").is_file()
-    requirements = (folder / "requirements.txt").read_text()
-    assert "tensorflow[and-cuda]==" in requirements and "onnxruntime==" in requirements
+    gpu = (folder / "requirements-gpu.txt").read_text()
+    assert "tensorflow[and-cuda]==" in gpu and "keras==" in gpu and "openvino==" in gpu
+    cpu = (folder / "requirements-cpu.txt").read_text()
+    pins = [line for line in cpu.splitlines() if not line.startswith("#")]
+    assert "openvino==2026.4.1" in pins and "onnxruntime==1.31.1" in pins
+    assert not [pin for pin in pins if pin.startswith(("tensorflow", "keras"))]
+    assert (folder / "install.sh").stat().st_mode & 0o111
     summary = (folder / "SUBMISSION.md").read_text()
-    assert "GT" in summary and "parameters" in summary
+    assert "GT (gold truth annotations only)" in summary and "total parameters" in summary
+    assert "segmentation: random; centres: random" in summary
     assert (folder / "code" / "efficientcellseg" / "segment.py").is_file()
 
 
@@ -165,4 +172,4 @@ def test_broken_environment_fails_with_a_message(organiser_folder: Path, tmp_pat
     result = _run_script(organiser_folder / "ctc_submission" / f"{CTC_NAME}-02.sh", path, tmp_path)
     assert result.returncode == 1
     assert "environment check failed" in result.stderr and "numpy" in result.stderr
-    assert "install requirements.txt" in result.stderr
+    assert "run ./install.sh" in result.stderr

@@ -6,6 +6,7 @@ Back-off is zero (or recorded instead of slept), so every test takes a fraction 
 
 from __future__ import annotations
 
+import hashlib
 import re
 import socket
 import stat
@@ -25,8 +26,11 @@ from efficientcellseg.download import (
     download_dataset,
     download_file,
     extract_zip,
+    fetch_imagenet_weights,
     partial_path,
 )
+from efficientcellseg.model import WeightsNotFoundError
+from efficientcellseg.settings import ImagenetFile
 
 FAST = {"retries": 3, "backoff": 0.0, "timeout": 10.0, "progress": False}
 PAYLOAD = np.random.default_rng(0).bytes(300_000)
@@ -446,3 +450,48 @@ def test_cli_download_prints_where_the_dataset_is(
 def test_cli_download_reports_a_missing_dataset(server: FileServer, tmp_path: Path, caplog) -> None:
     assert main(["download", "Fluo-N2DH-NONE", str(tmp_path), "--base-url", server.url]) == 2
     assert "training-datasets/Fluo-N2DH-NONE.zip" in caplog.text
+
+
+# -- ImageNet weights: pinned checksum --
+
+
+def _pinned(server: FileServer, body: bytes, checksum: str | None = None) -> ImagenetFile:
+    url = server.serve("/w/efficientnetb0_notop.h5", body, cut_after=100_000)
+    digest = checksum or f"sha256:{hashlib.sha256(body).hexdigest()}"
+    return ImagenetFile("EfficientNetB0", url, digest, len(body))
+
+
+def test_imagenet_weights_are_resumed_and_checked(server: FileServer, tmp_path: Path) -> None:
+    pinned = _pinned(server, PAYLOAD)
+    dest = fetch_imagenet_weights(pinned, tmp_path / "efficientnetb0_notop.h5", **FAST)
+    assert dest.read_bytes() == PAYLOAD
+    assert len(server.requests_to("/w/efficientnetb0_notop.h5")) == 2  # cut once, resumed
+    # There already with the pinned checksum: nothing is fetched again.
+    fetch_imagenet_weights(pinned, dest, **FAST)
+    assert len(server.requests_to("/w/efficientnetb0_notop.h5")) == 2
+    md5 = ImagenetFile("EfficientNetB0", pinned.url, f"md5:{hashlib.md5(PAYLOAD).hexdigest()}")
+    assert fetch_imagenet_weights(md5, dest, **FAST) == dest  # Keras' own pins are MD5
+
+
+def test_imagenet_weights_with_another_checksum_are_not_kept(
+    server: FileServer, tmp_path: Path
+) -> None:
+    pinned = _pinned(server, PAYLOAD, checksum="sha256:" + "0" * 64)
+    dest = tmp_path / "efficientnetb0_notop.h5"
+    with pytest.raises(WeightsNotFoundError) as info:
+        fetch_imagenet_weights(pinned, dest, **FAST)
+    message = str(info.value)
+    assert "sha256 is " + hashlib.sha256(PAYLOAD).hexdigest() in message
+    assert "encoder_weights: null" in message and pinned.url in message
+    assert leftovers(tmp_path) == []
+
+
+def test_unreachable_imagenet_weights_say_what_to_do(server: FileServer, tmp_path: Path) -> None:
+    missing = ImagenetFile("EfficientNetB5", f"{server.url}/w/efficientnetb5_notop.h5", "md5:0")
+    with pytest.raises(WeightsNotFoundError) as info:
+        fetch_imagenet_weights(missing, tmp_path / "efficientnetb5_notop.h5", **FAST)
+    message = str(info.value)
+    assert "HTTP 404" in message
+    assert f"download {missing.url} (md5:0) to {tmp_path / 'efficientnetb5_notop.h5'}" in message
+    assert "snakemake resources/imagenet/efficientnetb5_notop.h5" in message
+    assert "`encoder_weights: null`" in message

@@ -43,6 +43,7 @@ README_TARGETS = (
     ("results/A549-SIM/SEG.txt",),
     ("results/synthetic/SEG.txt",),
     ("ctc_submission",),
+    ("ctc_upload",),
 )
 SERVED = "Served-Tiny"  # a dataset of source ctc, downloaded from the test's HTTP server
 CONFIG = {

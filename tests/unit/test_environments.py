@@ -113,6 +113,12 @@ LAZY = {"tensorflow", "keras", "tf2onnx", "onnxruntime", "openvino", "matplotlib
         ("pseudocolor", "pseudocolor.py"),
         ("evaluate", "evaluate.py"),
         ("seg_summary", "seg_summary.py"),
+        ("imagenet_weights", "fetch_imagenet_weights.py"),
+        ("ctc_submission", "build_submission.py"),
+        ("ctc_wheelhouse", "build_wheelhouse.py"),
+        ("ctc_software", "stage_software.py"),
+        ("ctc_challenge_results", "run_ctc_executable.py"),
+        ("ctc_upload", "pack_upload.py"),
     ],
 )
 def test_rule_env_holds_what_its_script_imports_at_module_level(rule: str, script: str) -> None:

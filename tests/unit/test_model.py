@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +11,9 @@ import pytest
 
 from efficientcellseg import model as model_module
 from efficientcellseg.cli import main
+from efficientcellseg.files import ChecksumError
 from efficientcellseg.model import (
+    EncoderInitialisation,
     WeightsNotFoundError,
     build_model,
     load_model,
@@ -20,7 +22,7 @@ from efficientcellseg.model import (
     resolve_encoder_weights,
     save_model,
 )
-from efficientcellseg.settings import PRESETS, ModelConfig, resolve_model
+from efficientcellseg.settings import PRESETS, ImagenetWeights, ModelConfig, resolve_model
 
 
 def printed_counts(text: str) -> dict[str, int]:
@@ -147,72 +149,124 @@ def keras_home(tmp_path: Path, monkeypatch) -> Path:
     return tmp_path
 
 
+def _pinned_to(path: Path) -> ImagenetWeights:
+    """ImageNet settings pinning the B0 file to the checksum of ``path`` (a test's own file)."""
+    checksum = f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}"
+    return ImagenetWeights.from_dict({"files": {"EfficientNetB0": {"checksum": checksum}}})
+
+
 def test_imagenet_cache_path_is_where_keras_looks(keras_home: Path) -> None:
     config = ModelConfig(backbone="EfficientNetB0", encoder_weights="imagenet")
     cached = keras_home / "models" / "efficientnetb0_notop.h5"
     assert model_module.imagenet_cache_path("EfficientNetB0") == cached
     cached.parent.mkdir()
-    cached.write_bytes(b"")
-    assert resolve_encoder_weights(config) == "imagenet"
+    cached.write_bytes(b"weights")
+    encoder = resolve_encoder_weights(config, imagenet=_pinned_to(cached))
+    assert encoder == EncoderInitialisation(
+        "imagenet", str(cached), hashlib.sha256(b"weights").hexdigest()
+    )
+    assert encoder.to_dict()["file"] == "efficientnetb0_notop.h5"
 
 
-def test_imagenet_weights_in_the_keras_cache_are_used_offline(
-    keras_home: Path, monkeypatch
-) -> None:
-    """A stand-in for the ImageNet file (random weights in the HDF5 layout Keras downloads) in
-    the cache is loaded into the encoder, and nothing is fetched from the network."""
+def test_the_pins_are_keras_own() -> None:
+    """URL and MD5 of efficientnetb5_notop.h5 as keras.applications.efficientnet has them."""
+    from keras.src.applications import efficientnet
+
+    pinned = ImagenetWeights().file("EfficientNetB5")
+    assert pinned.url == efficientnet.BASE_WEIGHTS_PATH + "efficientnetb5_notop.h5"
+    assert pinned.checksum == "md5:" + efficientnet.WEIGHTS_HASHES["b5"][1]
+    for backbone in ImagenetWeights().files:
+        key = "b" + backbone[-1]
+        assert ImagenetWeights().file(backbone).checksum[4:] == efficientnet.WEIGHTS_HASHES[key][1]
+
+
+def _imagenet_like_file(path: Path):
+    """A stand-in for Keras' efficientnetb0_notop.h5: Keras' random initialisation with
+    ImageNet-like input statistics, in the HDF5 layout Keras downloads."""
     import h5py
     import keras
     from keras.src.legacy.saving import legacy_h5_format
+
+    keras.utils.set_random_seed(4)
+    source = keras.applications.EfficientNetB0(include_top=False, weights=None)
+    norm = next(x for x in source.layers if isinstance(x, keras.layers.Normalization))
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    norm.set_weights([mean, std**2, np.array(1000)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as fh:
+        legacy_h5_format.save_weights_to_hdf5_group(fh, source)
+    return source
+
+
+def test_imagenet_encoder_equals_keras_own_imagenet_encoder(keras_home: Path, monkeypatch) -> None:
+    """The encoder loaded from the verified file computes what Keras' weights="imagenet"
+    encoder computes from the same file (an extra Rescaling layer there, folded into the
+    normalisation here), and nothing is fetched from the network."""
+    import keras
     from keras.src.utils import file_utils
 
-    source = keras.applications.EfficientNetB0(include_top=False, weights=None)
-    rng = np.random.default_rng(3)
-    source.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in source.get_weights()])
     cached = model_module.imagenet_cache_path("EfficientNetB0")
-    cached.parent.mkdir(parents=True)
-    with h5py.File(cached, "w") as fh:
-        legacy_h5_format.save_weights_to_hdf5_group(fh, source)
+    source = _imagenet_like_file(cached)
 
     def no_download(*args, **kwargs):
         raise AssertionError(f"tried to download {args[:1]}")
 
-    # Keras checks the real file's SHA-256 before use: accept the stand-in instead.
-    monkeypatch.setattr(file_utils, "validate_file", lambda *args, **kwargs: True)
     monkeypatch.setattr(file_utils, "urlretrieve", no_download)
     config = ModelConfig(**{**PRESETS["tiny"].to_dict(), "encoder_weights": "imagenet"})
-    model = build_model(config)
+    model = build_model(
+        config, encoder=resolve_encoder_weights(config, imagenet=_pinned_to(cached))
+    )
     for name in ("stem_conv", "block2a_expand_conv", "block3a_expand_conv", "block3a_project_bn"):
         for a, b in zip(
             model.get_layer(name).get_weights(), source.get_layer(name).get_weights(), strict=True
         ):
             np.testing.assert_array_equal(a, b)
-    # the ImageNet route adds the rescaling to ImageNet's standard deviation
-    rescalings = [layer for layer in model.layers if isinstance(layer, keras.layers.Rescaling)]
-    assert len(rescalings) == 3  # input_scale, 1/255 and 1/std
-
-
-def test_missing_imagenet_weights_warn_or_stop(keras_home: Path, caplog) -> None:
-    config = ModelConfig(backbone="EfficientNetB0", encoder_weights="imagenet")
-    with caplog.at_level(logging.WARNING):
-        assert resolve_encoder_weights(config) is None
-    assert str(keras_home / "models" / "efficientnetb0_notop.h5") in caplog.text
-    assert "random initialisation" in caplog.text
-    strict = ModelConfig(
-        backbone="EfficientNetB0", encoder_weights="imagenet", require_encoder_weights=True
+    # Keras' own route checks its MD5 of the real file: let it accept the stand-in.
+    monkeypatch.setattr(file_utils, "validate_file", lambda *args, **kwargs: True)
+    reference = keras.applications.EfficientNetB0(
+        include_top=False, weights="imagenet", input_shape=(128, 128, 3)
     )
-    with pytest.raises(WeightsNotFoundError, match="put efficientnetb0_notop.h5"):
-        resolve_encoder_weights(strict)
-    with pytest.raises(WeightsNotFoundError, match=str(keras_home)):
-        build_model(
-            ModelConfig(
-                **{
-                    **PRESETS["tiny"].to_dict(),
-                    "encoder_weights": "imagenet",
-                    "require_encoder_weights": True,
-                }
-            )
+    ours = keras.Model(
+        model.get_layer("input_scale").output, model.get_layer(config.cut_layer).output
+    )
+    theirs = keras.Model(reference.input, reference.get_layer(config.cut_layer).output)
+    x = np.random.default_rng(5).uniform(0, 255, (2, 128, 128, 3)).astype(np.float32)
+    expected = np.asarray(theirs(x))
+    np.testing.assert_allclose(
+        np.asarray(ours(x)), expected, rtol=1e-4, atol=1e-4 * abs(expected).max()
+    )
+    rescalings = [layer for layer in model.layers if isinstance(layer, keras.layers.Rescaling)]
+    assert len(rescalings) == 2  # input_scale and 1/255, as in every other model
+
+
+def test_missing_imagenet_weights_stop_with_what_to_do(keras_home: Path) -> None:
+    config = ModelConfig(**{**PRESETS["tiny"].to_dict(), "encoder_weights": "imagenet"})
+    cached = keras_home / "models" / "efficientnetb0_notop.h5"
+    for call in (resolve_encoder_weights, build_model):
+        with pytest.raises(WeightsNotFoundError) as info:
+            call(config)
+        message = str(info.value)
+        assert f"{cached} does not exist" in message
+        assert "snakemake resources/imagenet/efficientnetb0_notop.h5" in message
+        assert (
+            "https://storage.googleapis.com/keras-applications/efficientnetb0_notop.h5" in message
         )
+        assert "encoder_weights: null" in message  # or random initialisation, said explicitly
+
+
+def test_imagenet_file_with_another_checksum_is_refused(keras_home: Path) -> None:
+    config = ModelConfig(backbone="EfficientNetB0", encoder_weights="imagenet")
+    cached = model_module.imagenet_cache_path("EfficientNetB0")
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"not the weights")
+    with pytest.raises(ChecksumError, match="md5 is .* but it must be 50bc09e7"):
+        resolve_encoder_weights(config)
+
+
+def test_random_initialisation_is_recorded_as_such() -> None:
+    encoder = resolve_encoder_weights(PRESETS["tiny"])
+    assert encoder == EncoderInitialisation("random")
+    assert encoder.to_dict() == {"source": "random", "file": None, "sha256": None}
 
 
 def test_encoder_weights_load_from_a_file(tmp_path: Path) -> None:
@@ -227,6 +281,11 @@ def test_encoder_weights_load_from_a_file(tmp_path: Path) -> None:
     source.save_weights(path)
     tiny = PRESETS["tiny"]
     config = ModelConfig(**{**tiny.to_dict(), "encoder_weights": str(path)})
+    assert resolve_encoder_weights(config).to_dict() == {
+        "source": "file",
+        "file": "encoder.weights.h5",
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    }
     model = build_model(config)
     for name in ("stem_conv", "block2a_expand_conv", "block3a_expand_conv"):
         loaded = model.get_layer(name).get_weights()

@@ -13,6 +13,7 @@ import yaml
 from efficientcellseg import settings
 from efficientcellseg.settings import (
     Augmentation,
+    ImagenetWeights,
     InferenceSettings,
     ModelConfig,
     PostprocessSettings,
@@ -33,6 +34,7 @@ CLASSES = {
     "tiles": TileSettings,
     "postprocess": PostprocessSettings,
     "synthetic": SyntheticSpec,
+    "imagenet_weights": ImagenetWeights,
 }
 
 
@@ -127,6 +129,66 @@ def test_the_workflow_config_becomes_typed_settings() -> None:
 def test_bad_configs_name_the_key(change: dict, message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         workflow_settings({**CONFIG, **change})
+
+
+LOCAL = {"ctc_name": "Fluo-X", "source": "local", "postprocess": {"kind": "single"}}
+
+
+def test_local_datasets_are_read_where_they_are() -> None:
+    config = {"datasets": {"X": {**LOCAL, "path": "/data/Fluo-X", "test_path": "/data/test/X"}}}
+    local = workflow_settings(config).datasets["X"]
+    assert local.dataset_dir == "/data/Fluo-X" and local.test_dataset_dir == "/data/test/X"
+    downloaded = workflow_settings({"datasets": {"X": {**LOCAL, "path": "d"}}}).datasets["X"]
+    assert downloaded.test_dataset_dir == "resources/ctc-test/Fluo-X"  # from ctc_server
+    synthetic = workflow_settings(CONFIG).datasets["synthetic"]
+    with pytest.raises(SettingsError, match="source synthetic has no challenge .* give test_path"):
+        synthetic.test_dataset_dir  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ("dataset", "message"),
+    [
+        (LOCAL, r"datasets\.X: 'path' is a required property"),
+        (
+            {**LOCAL, "source": "ctc", "path": "/data"},
+            r"datasets\.X\.path: only datasets of source local have a path",
+        ),
+    ],
+)
+def test_local_path_goes_with_source_local(dataset: dict, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        workflow_settings({"datasets": {"X": dataset}})
+
+
+def test_imagenet_pins_and_wheelhouse_come_from_the_config() -> None:
+    assert workflow_settings(CONFIG).submission_wheelhouse == ("cpu",)
+    pinned = ImagenetWeights().file("EfficientNetB5")
+    assert pinned.url == "https://storage.googleapis.com/keras-applications/efficientnetb5_notop.h5"
+    assert pinned.checksum == "md5:38879255a25d3c92d5e44e04ae6cec6f"
+    assert pinned.bytes == 115_263_384 and pinned.file_name == "efficientnetb5_notop.h5"
+    own = "sha256:" + "ab" * 32
+    typed = workflow_settings(
+        {
+            **CONFIG,
+            "submission_wheelhouse": ["cpu", "gpu"],
+            "imagenet_weights": {
+                "url": "http://127.0.0.1:8000/w/",
+                "files": {"EfficientNetB0": {"checksum": own}},
+            },
+        }
+    )
+    assert typed.submission_wheelhouse == ("cpu", "gpu")
+    b0 = typed.imagenet_weights.file("EfficientNetB0")
+    assert (b0.url, b0.checksum, b0.bytes) == (
+        "http://127.0.0.1:8000/w/efficientnetb0_notop.h5",
+        own,
+        None,
+    )
+    assert typed.imagenet_weights.file("EfficientNetB5").checksum == pinned.checksum  # kept
+    with pytest.raises(SettingsError, match=r"imagenet_weights.files.EfficientNetB0.checksum"):
+        workflow_settings(
+            {**CONFIG, "imagenet_weights": {"files": {"EfficientNetB0": {"checksum": "x"}}}}
+        )
 
 
 def test_settings_check_themselves_and_round_trip() -> None:

@@ -8,7 +8,11 @@ from pathlib import Path
 # the Snakefile parses in an environment holding only Snakemake.
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
-from efficientcellseg.settings import TASKS, workflow_settings  # noqa: E402
+from efficientcellseg.settings import (  # noqa: E402
+    TASKS,
+    TEST_SET_SOURCES,
+    workflow_settings,
+)
 
 SETTINGS = workflow_settings(config)
 DATASETS = SETTINGS.datasets
@@ -19,8 +23,17 @@ def _alternatives(names):
     return "|".join(re.escape(n) for n in sorted(names)) or "(?!)"
 
 
-def ctc_names(source):
-    return _alternatives(d.ctc_name for d in DATASETS.values() if d.source == source)
+def ctc_names(*sources):
+    return _alternatives(d.ctc_name for d in DATASETS.values() if d.source in sources)
+
+
+def test_set_download_names():
+    """CTC names of the challenge sets ctc_server serves that are not on disk already."""
+    return _alternatives(
+        d.ctc_name
+        for d in DATASETS.values()
+        if d.source in TEST_SET_SOURCES and d.test_path is None
+    )
 
 
 def dataset_of(ctc_name):
@@ -36,7 +49,8 @@ wildcard_constraints:
 
 
 def dataset_dir(wildcards):
-    return f"resources/ctc/{DATASETS[wildcards.ds].ctc_name}"
+    """The training set: downloaded or generated under resources/ctc, or on disk (local)."""
+    return DATASETS[wildcards.ds].dataset_dir
 
 
 def training_slices(wildcards):
@@ -133,3 +147,59 @@ def comparison_entries(wildcards):
         }
         for ds in compared_datasets(wildcards)
     }
+
+
+def imagenet_weights_file(wildcards):
+    """The ImageNet file a dataset's encoder starts from (none for other initialisations)."""
+    model = DATASETS[wildcards.ds].model
+    if model.encoder_weights != "imagenet":
+        return []
+    return [f"resources/imagenet/{model.backbone.lower()}_notop.h5"]
+
+
+def imagenet_file_settings(file_name):
+    """URL, checksum and size pinned for ``efficientnetb5_notop.h5`` and the like."""
+    backbone = next(
+        b
+        for b in SETTINGS.imagenet_weights.files
+        if f"{b.lower()}_notop.h5" == file_name
+    )
+    return vars(SETTINGS.imagenet_weights.file(backbone))
+
+
+# --- the CTC submission and upload ----------------------------------------------------------
+
+SUBMISSION = SETTINGS.submission_datasets()
+
+
+def submission_ctc_names():
+    return _alternatives(d.ctc_name for d in SUBMISSION)
+
+
+def challenge_dataset_dir(wildcards):
+    """The challenge (test) set of a submission dataset: on disk, or downloaded."""
+    return dataset_of(wildcards.ctc).test_dataset_dir
+
+
+def challenge_dataset_dirs(wildcards):
+    # Asked for only when the upload is: datasets without a challenge set stop the run here.
+    return [d.test_dataset_dir for d in SUBMISSION]
+
+
+def challenge_results(wildcards):
+    """CTC name -> sequence -> (challenge set folder, result folder) of every upload result."""
+    return {
+        d.ctc_name: {
+            seq: (d.test_dataset_dir, f"results/ctc_upload/{d.ctc_name}/{seq}_RES")
+            for seq in d.sequences
+        }
+        for d in SUBMISSION
+    }
+
+
+def challenge_result_dirs(wildcards):
+    return [
+        res_dir
+        for sequences in challenge_results(wildcards).values()
+        for _, res_dir in sequences.values()
+    ]

@@ -1,4 +1,6 @@
-# Datasets in CTC layout under resources/: downloaded from the CTC server, or built in.
+# Datasets in CTC layout under resources/: downloaded from the CTC server (ctc_server), or built
+# in. Datasets of source local are read where they are (their path), and so are challenge sets
+# given as test_path: no rule makes them.
 
 
 rule download_dataset:
@@ -28,6 +30,8 @@ use rule download_dataset as download_test_dataset with:
         directory("resources/ctc-test/{ctc}"),
     log:
         "logs/download/{ctc}-test.log",
+    wildcard_constraints:
+        ctc=test_set_download_names(),
     params:
         kind="test",
         expected_bytes=None,

@@ -5,6 +5,7 @@
 rule train:
     input:
         slices=training_slices,
+        imagenet=imagenet_weights_file,
     output:
         model="results/{ds}/models/{fold}/{task}.keras",
         metadata="results/{ds}/models/{fold}/{task}.json",
@@ -34,8 +35,31 @@ rule train:
         .training_settings(wildcards.task)
         .to_dict(),
         checkpoint_dir=lambda wildcards: f"results/{wildcards.ds}/models/{wildcards.fold}/.{wildcards.task}_checkpoint",
+        imagenet=SETTINGS.imagenet_weights.to_dict(),
     script:
         "../scripts/train.py"
+
+
+# ImageNet weights of an encoder, for models with encoder_weights: imagenet. Pinned address and
+# checksum (config imagenet_weights); without the file the run stops with what to do instead.
+rule imagenet_weights:
+    output:
+        "resources/imagenet/{weights}",
+    log:
+        "logs/imagenet/{weights}.log",
+    wildcard_constraints:
+        weights=r"efficientnetb[0-7]_notop\.h5",
+    # On the machine Snakemake runs on: cluster compute nodes often have no internet.
+    localrule: True
+    conda:
+        "../../envs/download.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=60,
+    params:
+        pinned=lambda wildcards: imagenet_file_settings(wildcards.weights),
+    script:
+        "../scripts/fetch_imagenet_weights.py"
 
 
 rule pipeline_settings:

@@ -7,7 +7,7 @@ from efficientcellseg.submission import SubmissionDataset, build_submission
 
 with script_log(snakemake.log[0]):
     build_submission(
-        Path(snakemake.output.requirements).parent,
+        Path(snakemake.output.summary).parent,
         [
             SubmissionDataset(
                 ctc_name=d["ctc_name"],

@@ -10,6 +10,8 @@ Three layers, each usable on its own:
   inside the destination and the total stays under a byte limit. It works in a temporary folder
   beside the destination, so a failed extraction leaves nothing behind.
 - :func:`download_dataset` puts a CTC training or test set at ``<dest_root>/<NAME>/01 ...``.
+- :func:`download_verified` downloads one file that must have a pinned checksum (the ImageNet
+  weights of the encoders), so a damaged or swapped file is never used.
 
 The zip is deleted after a successful extraction unless ``keep_zip=True``: the largest CTC zip
 (Fluo-N3DL-TRIC, 20.6 GB) would otherwise double the disk space a dataset needs. An unfinished
@@ -33,7 +35,8 @@ import requests
 from tqdm import tqdm
 
 from . import ctc
-from .settings import WorkflowSettings
+from .files import ChecksumError, check_checksum
+from .settings import ImagenetFile, WorkflowSettings
 
 log = logging.getLogger(__name__)
 
@@ -327,6 +330,57 @@ def require_free_space(folder: Path, needed_bytes: int, purpose: str) -> None:
             f"{purpose} needs {needed_bytes / 1e9:.2f} GB but {folder} has only "
             f"{free / 1e9:.2f} GB free; free some space or choose another folder"
         )
+
+
+# -- files pinned to a checksum --
+
+
+def download_verified(
+    url: str,
+    dest: str | os.PathLike,
+    checksum: str,
+    *,
+    expected_size: int | None = None,
+    **options,
+) -> Path:
+    """Download ``url`` to ``dest`` (resumable, see :func:`download_file`) and check its
+    checksum; a file already at ``dest`` with that checksum is kept as it is.
+
+    A downloaded file with another checksum is deleted and :class:`ChecksumError` raised, so
+    ``dest`` only ever holds the pinned file.
+    """
+    dest = Path(dest)
+    if dest.is_file():
+        check_checksum(dest, checksum)
+        log.info("%s is there with the pinned checksum; nothing to download", dest)
+        return dest
+    download_file(url, dest, expected_size=expected_size, **options)
+    try:
+        check_checksum(dest, checksum)
+    except ChecksumError:
+        dest.unlink()
+        raise
+    log.info("%s has the pinned checksum %s", dest, checksum)
+    return dest
+
+
+def fetch_imagenet_weights(pinned: ImagenetFile, dest: str | os.PathLike, **options) -> Path:
+    """Put one backbone's ImageNet weights file at ``dest``, checked against its pin.
+
+    Raises :class:`~efficientcellseg.model.WeightsNotFoundError` when the file cannot be had,
+    saying how to provide it by hand or to choose random initialisation instead.
+    """
+    from .model import WeightsNotFoundError, imagenet_weights_advice
+
+    try:
+        return download_verified(
+            pinned.url, dest, pinned.checksum, expected_size=pinned.bytes, **options
+        )
+    except (DownloadError, ChecksumError) as exc:
+        raise WeightsNotFoundError(
+            f"no ImageNet weights for the {pinned.backbone} encoder: {exc}\nTo go on, "
+            + imagenet_weights_advice(pinned, dest)
+        ) from exc
 
 
 # -- safe extraction --

@@ -1,4 +1,5 @@
-"""Check that the Python environment can run inference, with one clear message if not."""
+"""Check that the Python environment can run inference, with one clear message if not, and
+say which device the networks will run on (the CTC executables print both)."""
 
 from __future__ import annotations
 
@@ -33,3 +34,18 @@ def _imports(name: str) -> bool:
     except Exception:  # a broken install raises more than ImportError
         return False
     return True
+
+
+def device_report() -> str:
+    """One line saying where the networks will run, as ``backend auto`` decides."""
+    from .inference import CPU_PREFERENCE, RUNTIME_MODULES, gpu_available, runtime_importable
+
+    if gpu_available():
+        import tensorflow as tf
+
+        names = ", ".join(d.name for d in tf.config.list_physical_devices("GPU"))
+        return f"device: GPU ({names}), the networks run on it with TensorFlow"
+    runtime = next(
+        (RUNTIME_MODULES[b] for b in CPU_PREFERENCE if runtime_importable(b)), "no runtime"
+    )
+    return f"device: no GPU visible to TensorFlow, the networks run on the CPU with {runtime}"

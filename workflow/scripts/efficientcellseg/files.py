@@ -9,6 +9,7 @@ other file, so the result gets the mode the umask gives (``tempfile.mkstemp`` wo
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 import shutil
@@ -61,3 +62,32 @@ def remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+# --- checksums ------------------------------------------------------------------------------
+
+CHECKSUM_ALGORITHMS = ("sha256", "md5")
+
+
+class ChecksumError(ValueError):
+    """A file does not have the checksum it is pinned to."""
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in chunks."""
+    if algorithm not in CHECKSUM_ALGORITHMS:
+        raise ValueError(f"checksum algorithm {algorithm!r} is not one of {CHECKSUM_ALGORITHMS}")
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, algorithm).hexdigest()
+
+
+def check_checksum(path: str | os.PathLike, checksum: str) -> None:
+    """Raise :class:`ChecksumError` unless ``path`` has ``checksum`` (``sha256:<hex>`` or
+    ``md5:<hex>``)."""
+    algorithm, _, expected = checksum.partition(":")
+    actual = file_digest(path, algorithm)
+    if actual != expected.lower():
+        raise ChecksumError(
+            f"{path}: {algorithm} is {actual}, but it must be {expected}: the file is damaged "
+            "or not the one pinned; delete it and fetch it again"
+        )

@@ -16,15 +16,14 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_output, atomic_write_text
-from .settings import ModelConfig
+from .files import atomic_output, atomic_write_text, check_checksum, file_digest
+from .settings import ImagenetFile, ImagenetWeights, ModelConfig
 
 log = logging.getLogger(__name__)
-
-IMAGENET_WEIGHTS_URL = "https://storage.googleapis.com/keras-applications/"
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -34,24 +33,32 @@ class WeightsNotFoundError(FileNotFoundError):
 # --- building -------------------------------------------------------------------------------
 
 
-def build_model(config: ModelConfig, *, name: str = "efficientcellseg"):
+def build_model(
+    config: ModelConfig,
+    *,
+    name: str = "efficientcellseg",
+    encoder: EncoderInitialisation | None = None,
+):
     """Build the network; its output is a sigmoid map of the input's height and width.
 
     Every architecture shares the input and output: pseudocolor slices of any size, resized to
     the inner square size inside the network, and a probability map resized back, so training,
-    export and inference treat them alike.
+    export and inference treat them alike. ``encoder`` says what an EfficientNet encoder starts
+    from (default: :func:`resolve_encoder_weights` of ``config``, which stops when requested
+    ImageNet weights are missing); a U-Net starts from random weights.
     """
     import keras
     from keras import layers
 
     from .keras_parts import ResizeLike, ResizeTo
 
+    encoder = encoder or resolve_encoder_weights(config)
     image = keras.Input((None, None, 3), name="pseudocolor")
     resized = ResizeTo(config.input_size, name="resize_in")(image)
     if config.architecture == "unet":
         x = _unet(config, resized)
     else:
-        x = _efficientcellseg_decoder(config, resized)
+        x = _efficientcellseg_decoder(config, resized, encoder)
     x = layers.Conv2D(1, 1, name="head")(x)
     x = layers.Activation("sigmoid", dtype="float32", name="probability")(x)
     output = ResizeLike(name="resize_out", dtype="float32")([x, image])
@@ -91,12 +98,12 @@ def _unet(config: ModelConfig, resized):
     return x
 
 
-def _efficientcellseg_decoder(config: ModelConfig, resized):
+def _efficientcellseg_decoder(config: ModelConfig, resized, encoder: EncoderInitialisation):
     """The truncated EfficientNet encoder and the light decoder of Wagner & Rohr (2022)."""
     from keras import layers
 
     scaled = layers.Rescaling(config.input_scale, name="input_scale")(resized)
-    backbone = _backbone(config, scaled)
+    backbone = _backbone(config, scaled, encoder)
     x = backbone.get_layer(config.cut_layer).output
     # The last skip is the resized pseudocolor itself, in [0, 1] whatever the encoder's input
     # scale (the published network, with input_scale 1, cannot tell the difference).
@@ -170,19 +177,43 @@ def _encoder_layer_names(model, config: ModelConfig) -> set[str]:
     return {layer.name for layer in encoder.layers} - {"input_scale"}
 
 
-def _backbone(config: ModelConfig, input_tensor):
+def _backbone(config: ModelConfig, input_tensor, encoder: EncoderInitialisation):
     import keras
 
     builder = getattr(keras.applications, config.backbone)
-    weights = resolve_encoder_weights(config)
-    backbone = builder(include_top=False, weights=weights, input_tensor=input_tensor)
-    if weights is not None:
-        log.info("encoder %s initialised from %s", config.backbone, weights)
+    # weights=None always: ImageNet weights are loaded from the verified file below, never
+    # fetched by Keras (which would need the internet and checks only its own MD5).
+    backbone = builder(include_top=False, weights=None, input_tensor=input_tensor)
+    if encoder.file is not None:
+        backbone.load_weights(encoder.file)
+        if encoder.source == "imagenet":
+            _match_keras_imagenet_normalisation(backbone)
+        log.info("encoder %s initialised from %s", config.backbone, encoder.describe())
     return backbone
 
 
+# Keras builds an ImageNet EfficientNet with one more layer after its Normalization layer,
+# Rescaling(1 / sqrt(std)) per channel (keras.applications.efficientnet, IMAGENET_STDDEV_RGB),
+# to match the original implementation's input scaling.
+IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
+
+
+def _match_keras_imagenet_normalisation(backbone) -> None:
+    """Give an encoder loaded from the ImageNet file the input scaling of Keras' own ImageNet
+    encoder: ``(x - mean) / sqrt(var) / sqrt(std)`` is ``(x - mean) / sqrt(var * std)``, so the
+    variance of the Normalization layer takes the extra factor (same layers either way)."""
+    import keras
+    import numpy as np
+
+    norm = next(layer for layer in backbone.layers if isinstance(layer, keras.layers.Normalization))
+    norm.adapt_variance.assign(
+        np.asarray(norm.adapt_variance) * np.asarray(IMAGENET_STDDEV_RGB, dtype=np.float32)
+    )
+    norm.finalize_state()  # Normalization keeps the derived tensors it computes from them
+
+
 def imagenet_cache_path(backbone: str) -> Path:
-    """Where Keras looks for the ImageNet weights of ``backbone`` (no-top) before downloading.
+    """Where Keras keeps the ImageNet weights of ``backbone`` (no-top) it downloaded.
 
     That is ``$KERAS_HOME/models`` (default ``~/.keras/models``), as Keras read it when it was
     imported; Keras falls back to ``/tmp/.keras`` when that folder is not writable.
@@ -206,31 +237,91 @@ def _keras_home() -> Path:
     return home if os.access(home.expanduser(), os.W_OK) else Path("/tmp/.keras")
 
 
-def resolve_encoder_weights(config: ModelConfig) -> str | None:
-    """What to pass as ``weights=`` to the Keras backbone builder, decided offline.
+@dataclass(frozen=True)
+class EncoderInitialisation:
+    """What the encoder's weights started from; recorded in the model metadata, SEG.txt and the
+    CTC submission's description."""
 
-    ``imagenet`` is used only when the file is already in the Keras cache (offline the download
-    fails with an unhelpful error); a path must exist; ``None`` means random initialisation.
+    source: str  # "imagenet", "file" or "random"
+    file: str | None = None
+    sha256: str | None = None
+
+    def describe(self) -> str:
+        if self.source == "random":
+            return "random initialisation (no pretrained weights)"
+        what = "ImageNet weights" if self.source == "imagenet" else "weights file"
+        return f"{what} {Path(self.file).name} (sha256 {self.sha256})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "file": None if self.file is None else Path(self.file).name,
+            "sha256": self.sha256,
+        }
+
+
+def encoder_start_text(metadata: dict[str, Any]) -> str:
+    """``<task>: ImageNet (<file>, sha256 <hex>)`` (or ``random``) from a network's metadata."""
+    encoder = metadata.get("encoder_initialisation")
+    task = metadata.get("task", "network")
+    if encoder is None:
+        return f"{task}: not recorded (trained before the initialisation was recorded)"
+    if encoder["source"] == "random":
+        return f"{task}: random"
+    what = "ImageNet" if encoder["source"] == "imagenet" else "weights file"
+    return f"{task}: {what} ({encoder['file']}, sha256 {encoder['sha256']})"
+
+
+def imagenet_weights_advice(pinned: ImagenetFile, where: str | os.PathLike) -> str:
+    """How to provide the ImageNet file, or do without it (for error messages)."""
+    return (
+        f"fetch it with `snakemake resources/imagenet/{pinned.file_name}` (the workflow does "
+        f"this by itself for models with encoder_weights: imagenet) or download {pinned.url} "
+        f"({pinned.checksum}) to {where}; or train from random initialisation: set "
+        "`encoder_weights: null` in the model settings (config.yaml: "
+        "`model: {preset: paper, encoder_weights: null}`)"
+    )
+
+
+def resolve_encoder_weights(
+    config: ModelConfig,
+    imagenet_file: str | os.PathLike | None = None,
+    imagenet: ImagenetWeights | None = None,
+) -> EncoderInitialisation:
+    """Decide, offline, what the encoder starts from; never falls back silently.
+
+    ``encoder_weights: imagenet`` reads ``imagenet_file`` (default: the file in the Keras cache,
+    :func:`imagenet_cache_path`) after checking it has the checksum ``imagenet`` pins for the
+    backbone; a path must exist; ``None`` means random initialisation.
+
+    Raises
+    ------
+    WeightsNotFoundError
+        The file is missing; the message says how to provide it or choose random weights.
+    efficientcellseg.files.ChecksumError
+        The ImageNet file is not the pinned one.
     """
     spec = config.encoder_weights
     if spec in (None, "", "none"):
-        return None
+        return EncoderInitialisation("random")
     if spec == "imagenet":
-        cached = imagenet_cache_path(config.backbone)
-        if cached.is_file():
-            return "imagenet"
-        message = (
-            f"ImageNet weights for {config.backbone} are not in the Keras cache: put "
-            f"{cached.name} (from {IMAGENET_WEIGHTS_URL}) at {cached}, or set KERAS_HOME"
-        )
-        if config.require_encoder_weights:
-            raise WeightsNotFoundError(message)
-        log.warning("%s; training the encoder from random initialisation instead", message)
-        return None
+        pinned = (imagenet or ImagenetWeights()).file(config.backbone)
+        path = Path(imagenet_file) if imagenet_file else imagenet_cache_path(config.backbone)
+        if not path.is_file():
+            raise WeightsNotFoundError(
+                f"the {config.backbone} encoder is to start from ImageNet weights "
+                f"(encoder_weights: imagenet), but {path} does not exist: "
+                + imagenet_weights_advice(pinned, path)
+            )
+        check_checksum(path, pinned.checksum)
+        return EncoderInitialisation("imagenet", str(path), file_digest(path))
     path = Path(spec)
     if not path.is_file():
-        raise WeightsNotFoundError(f"encoder weights file {path} does not exist")
-    return str(path)
+        raise WeightsNotFoundError(
+            f"encoder weights file {path} does not exist (model setting encoder_weights); "
+            "give an existing file, imagenet, or null for random initialisation"
+        )
+    return EncoderInitialisation("file", str(path), file_digest(path))
 
 
 # --- saving and loading ---------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any
 
 from .files import atomic_write_bytes
 from .metrics import op_csb, peseg
+from .model import encoder_start_text
 
 # scores.json "instance" key -> (SEG.txt/table name, what it is), in the order they are shown.
 INSTANCE_COLUMNS = {
@@ -62,6 +63,7 @@ class DatasetScores:
     ctc_name: str
     reference: str
     sequences: tuple[SequenceScore, ...]
+    encoder: str = ""  # what the encoders started from (ImageNet file and sha256, or random)
 
     @property
     def seg(self) -> float:
@@ -107,9 +109,13 @@ def dataset_scores(
         sequence -> the metadata JSON of every network of the models that segmented it.
     """
     sequences = []
+    starts: list[str] = []
     for sequence, path in sorted(evaluations.items()):
         scores = json.loads(Path(path).read_text())
         networks = [json.loads(Path(p).read_text()) for p in model_metadata[sequence]]
+        starts += [
+            encoder_start_text(meta) for meta in networks if encoder_start_text(meta) not in starts
+        ]
         trained_on = sorted({s for meta in networks for s in meta.get("trained_on", [])})
         if sequence in trained_on:
             raise ValueError(
@@ -130,7 +136,7 @@ def dataset_scores(
         )
     if not sequences:
         raise ValueError(f"{name}: no sequence scores to summarise")
-    return DatasetScores(name, ctc_name, reference, tuple(sequences))
+    return DatasetScores(name, ctc_name, reference, tuple(sequences), "; ".join(starts))
 
 
 def seg_text(scores: DatasetScores) -> str:
@@ -147,6 +153,7 @@ def seg_text(scores: DatasetScores) -> str:
         "",
         f"dataset  {scores.name} ({scores.ctc_name})",
         f"against  {REFERENCE_NAMES[scores.reference]}",
+        f"encoder  {scores.encoder}   (initialisation of each network)",
         "held out: each sequence was segmented by models that never saw it:",
     ]
     for s in scores.sequences:

@@ -181,10 +181,9 @@ class ModelConfig(_Settings):
     # ImageNet normalisation. The published models used 1.0; 255.0 matches what ImageNet
     # weights expect.
     input_scale: float = 1.0
+    # "imagenet", a weights file, or None (random). Missing ImageNet weights stop a run: a
+    # model never silently starts from random weights (see model.resolve_encoder_weights).
     encoder_weights: str | None = "imagenet"
-    # False: fall back to random initialisation (with a warning) when ImageNet weights are
-    # not in the Keras cache; True: stop with an error saying where to put the file.
-    require_encoder_weights: bool = False
     # architecture "unet" only: filters of each level, top to bottom (one pooling between two)
     unet_filters: tuple[int, ...] = (64, 128, 256, 512, 1024)
 
@@ -269,6 +268,53 @@ def resolve_model(spec: str | os.PathLike | dict | ModelConfig) -> ModelConfig:
     import yaml
 
     return resolve_model(yaml.safe_load(path.read_text()))
+
+
+@dataclass(frozen=True)
+class ImagenetFile:
+    """One backbone's ImageNet weights file (no top): its address and pinned checksum."""
+
+    backbone: str
+    url: str
+    checksum: str  # "sha256:<hex>" or "md5:<hex>"
+    bytes: int | None = None
+
+    @property
+    def file_name(self) -> str:
+        """The name Keras gives the file, e.g. ``efficientnetb5_notop.h5``."""
+        return f"{self.backbone.lower()}_notop.h5"
+
+
+@dataclass(frozen=True)
+class ImagenetWeights(_Settings):
+    """Where encoders configured with ``encoder_weights: imagenet`` get their weights.
+
+    The defaults are Keras' own download address and the checksums Keras pins (MD5: Keras
+    publishes no SHA-256 for these files). ``files`` given in the config replace the default
+    entry of their backbone only.
+    """
+
+    _definition: ClassVar[str] = "imagenet_weights"
+
+    url: str = schema_default("imagenet_weights", "url")
+    files: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: copy.deepcopy(schema_default("imagenet_weights", "files"))
+    )
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ImagenetWeights:
+        values = dict(values)
+        values["files"] = {**cls().files, **values.get("files", {})}
+        return super().from_dict(values)
+
+    def file(self, backbone: str) -> ImagenetFile:
+        if backbone not in self.files:
+            raise SettingsError(
+                f"imagenet_weights.files has no entry for {backbone}; known: {sorted(self.files)}"
+            )
+        entry = self.files[backbone]
+        name = f"{backbone.lower()}_notop.h5"
+        return ImagenetFile(backbone, self.url + name, entry["checksum"], entry.get("bytes"))
 
 
 # --- training -------------------------------------------------------------------------------
@@ -506,6 +552,9 @@ class SyntheticSpec(_Settings):
 # --- the workflow's datasets ----------------------------------------------------------------
 
 
+TEST_SET_SOURCES = ("ctc", "local")  # sources whose challenge set ctc_server serves
+
+
 @dataclass(frozen=True)
 class DatasetSettings:
     """Everything the workflow needs to know about one dataset of the config."""
@@ -519,6 +568,8 @@ class DatasetSettings:
     inference: InferenceSettings
     pipeline: PipelineSettings
     download_bytes: int | None = None
+    path: str | None = None  # source local: the dataset folder on disk
+    test_path: str | None = None  # the challenge set on disk (else downloaded)
     score_against: str = schema_default("dataset", "score_against")
     det_penalise_fp: bool = schema_default("dataset", "det_penalise_fp")
     synthetic: SyntheticSpec | None = None
@@ -526,6 +577,24 @@ class DatasetSettings:
     @property
     def training_set(self) -> str:
         return self.training.training_set
+
+    @property
+    def dataset_dir(self) -> str:
+        """The training set: a folder on disk (source local) or under resources/ctc."""
+        return self.path if self.source == "local" else f"resources/ctc/{self.ctc_name}"
+
+    @property
+    def test_dataset_dir(self) -> str:
+        """The challenge (test) set: a folder on disk, or downloaded into resources/ctc-test."""
+        if self.test_path is not None:
+            return self.test_path
+        if self.source not in TEST_SET_SOURCES:
+            raise SettingsError(
+                f"datasets.{self.name}: source {self.source} has no challenge (test) set to "
+                f"download; give test_path (a folder holding 01/, 02/ ...) or leave "
+                f"{self.name} out of submission"
+            )
+        return f"resources/ctc-test/{self.ctc_name}"
 
     @property
     def networks(self) -> tuple[str, ...]:
@@ -555,6 +624,10 @@ class WorkflowSettings:
     datasets: dict[str, DatasetSettings]
     submission: tuple[str, ...] = ()
     ctc_server: str = schema()["properties"]["ctc_server"]["default"]
+    imagenet_weights: ImagenetWeights = field(default_factory=ImagenetWeights)
+    submission_wheelhouse: tuple[str, ...] = tuple(
+        schema()["properties"]["submission_wheelhouse"]["default"]
+    )
 
     def submission_datasets(self) -> list[DatasetSettings]:
         return [self.datasets[name] for name in self.submission]
@@ -581,6 +654,10 @@ def workflow_settings(config: dict[str, Any]) -> WorkflowSettings:
         datasets=datasets,
         submission=submission,
         ctc_server=config.get("ctc_server", WorkflowSettings.ctc_server),
+        imagenet_weights=ImagenetWeights.from_dict(config.get("imagenet_weights", {})),
+        submission_wheelhouse=tuple(
+            config.get("submission_wheelhouse", WorkflowSettings.submission_wheelhouse)
+        ),
     )
 
 
@@ -589,6 +666,11 @@ def dataset_settings(config: dict[str, Any], name: str) -> DatasetSettings:
     datasets = config.get("datasets", {})
     entry = _merge(config.get("defaults", {}), _dataset_entry(datasets, name))
     where = f"datasets.{name}"
+    if "path" in entry and entry["source"] != "local":
+        raise SettingsError(
+            f"{where}.path: only datasets of source local have a path (this one is "
+            f"{entry['source']}); set source: local or remove path"
+        )
     try:
         training = TrainingSettings.from_dict(
             {**entry.get("training", {}), "training_set": _dataset_default(entry, "training_set")}
@@ -610,6 +692,8 @@ def dataset_settings(config: dict[str, Any], name: str) -> DatasetSettings:
                 tiles=TileSettings.from_dict(tiles) if tiles else None,
             ),
             download_bytes=entry.get("download_bytes"),
+            path=entry.get("path"),
+            test_path=entry.get("test_path"),
             score_against=_dataset_default(entry, "score_against"),
             det_penalise_fp=_dataset_default(entry, "det_penalise_fp"),
             synthetic=SyntheticSpec.from_dict(synthetic or {})

@@ -1,13 +1,16 @@
 """The folder the CTC organisers run: one executable per dataset and sequence, models and code.
 
-Layout of ``ctc_submission/``::
+Layout of ``ctc_submission/`` (in the upload archive it is the software folder ``SW/``)::
 
     Fluo-C3DL-MDA231-01.sh      run from inside the folder, no arguments:
                                 reads ../Fluo-C3DL-MDA231/01, writes ../Fluo-C3DL-MDA231/01_RES
+    install.sh                  creates ./venv (offline from wheelhouse/<variant> when present)
+    requirements-cpu.txt        exact versions for a CPU (OpenVINO, ONNX Runtime; no TensorFlow)
+    requirements-gpu.txt        the same plus TensorFlow with CUDA (the networks on a GPU)
     models/Fluo-C3DL-MDA231/    the model folder (networks, ONNX exports, pipeline.json)
     code/efficientcellseg/      the project's library (the same code path as the workflow)
-    requirements.txt            exact versions (from pyproject.toml)
-    SUBMISSION.md               training configuration, parameter counts, how it was made
+    SUBMISSION.md               the method, training configuration, parameters, initialisation
+    wheelhouse/<variant>/       optional: the wheels of requirements-<variant>.txt (wheelhouse.py)
 
 Nothing is downloaded at run time: everything the scripts need is in the folder.
 """
@@ -17,13 +20,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .model import read_metadata
+from .model import encoder_start_text, read_metadata
 from .segment import MODEL_FILES, read_pipeline_settings
 
 log = logging.getLogger(__name__)
@@ -32,6 +36,31 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 PYPROJECT = PACKAGE_DIR.parents[2] / "pyproject.toml"
 
 SCRIPT_TEMPLATE = PACKAGE_DIR / "templates" / "ctc_executable.sh"
+INSTALL_TEMPLATE = PACKAGE_DIR / "templates" / "ctc_install.sh"
+INSTALL_SCRIPT = "install.sh"
+VARIANTS = ("cpu", "gpu")
+# What `efficientcellseg predict` imports (measured with sys.modules after a run): TensorFlow
+# only runs the networks on a GPU, so the CPU variant goes without it (240 MB instead of 3.5 GB
+# of wheels); OpenVINO runs them on a CPU, ONNX Runtime is its fallback.
+RUNTIME_PACKAGES = (
+    "numpy",
+    "scipy",
+    "scikit-image",
+    "opencv-python-headless",
+    "tifffile",
+    "imagecodecs",
+    "tqdm",
+    "PyYAML",
+    "jsonschema",
+    "onnxruntime",
+    "openvino",
+)
+GPU_PACKAGES = ("keras",)  # besides the gpu extra's tensorflow[and-cuda]
+TRAINING_SET_NAMES = {
+    "GT": "GT (gold truth annotations only)",
+    "ST": "ST (silver truth only)",
+    "GT+ST": "GT+ST (gold and silver truth; gold wins where both exist)",
+}
 
 
 @dataclass(frozen=True)
@@ -45,19 +74,22 @@ class SubmissionDataset:
 
 
 def build_submission(out_dir: str | os.PathLike, datasets: list[SubmissionDataset]) -> list[Path]:
-    """Write scripts, models, code, requirements and SUBMISSION.md; returns the scripts."""
+    """Write scripts, install script, requirements, models, code and SUBMISSION.md; returns the
+    scripts."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _copy_code(out_dir / "code" / "efficientcellseg")
-    (out_dir / "requirements.txt").write_text(requirements_text())
+    for variant in VARIANTS:
+        (out_dir / requirements_name(variant)).write_text(requirements_text(variant))
+    _write_executable(out_dir / INSTALL_SCRIPT, INSTALL_TEMPLATE.read_text())
     scripts = []
     summaries = []
     for dataset in datasets:
         models = out_dir / "models" / dataset.ctc_name
-        parameters = _copy_models(dataset.model_dir, models)
-        summaries.append((dataset, parameters))
+        networks = _copy_models(dataset.model_dir, models)
+        summaries.append((dataset, networks))
         for sequence in dataset.sequences:
-            scripts.append(_write_script(out_dir, dataset, sequence, sum(parameters.values())))
+            scripts.append(_write_script(out_dir, dataset, sequence, networks))
     (out_dir / "SUBMISSION.md").write_text(_summary_text(summaries))
     log.info("submission in %s: %d scripts", out_dir, len(scripts))
     return scripts
@@ -67,15 +99,34 @@ def script_name(ctc_name: str, sequence: str) -> str:
     return f"{ctc_name}-{sequence}.sh"
 
 
-def requirements_text() -> str:
-    """Exact versions of what the scripts import, with the GPU build of TensorFlow."""
+def requirements_name(variant: str) -> str:
+    return f"requirements-{variant}.txt"
+
+
+def requirements_text(variant: str) -> str:
+    """Exact versions (from pyproject.toml) of what the executables import, per variant."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant {variant!r} is not one of {VARIANTS}")
     project = tomllib.loads(PYPROJECT.read_text())["project"]
-    lines = list(project["dependencies"]) + list(project["optional-dependencies"]["gpu"])
+    pins = {_requirement_name(line): line for line in project["dependencies"]}
+    lines = [pins[name.lower()] for name in RUNTIME_PACKAGES]
+    if variant == "gpu":
+        tensorflow = [r for r in project["optional-dependencies"]["gpu"] if "tensorflow" in r]
+        lines += tensorflow + [pins[name] for name in GPU_PACKAGES]
+        what = "TensorFlow with CUDA runs the networks on an NVIDIA GPU (on a CPU too)"
+    else:
+        what = "OpenVINO (else ONNX Runtime) runs the networks on the CPU; no TensorFlow"
     return (
-        "# Exact versions the submission was tested with (from pyproject.toml).\n"
-        "# tensorflow[and-cuda] runs on a CPU too; for a CPU-only machine it may be replaced by\n"
-        "# tensorflow-cpu of the same version.\n" + "\n".join(lines) + "\n"
+        f"# {variant}: {what}.\n"
+        "# Exact versions the submission was tested with (from pyproject.toml); install with\n"
+        f"# ./install.sh, which uses wheelhouse/{variant} when it is there.\n"
+        + "\n".join(lines)
+        + "\n"
     )
+
+
+def _requirement_name(line: str) -> str:
+    return re.split(r"[\[=<>!~ ]", line, maxsplit=1)[0].lower()
 
 
 def _copy_code(target: Path) -> None:
@@ -84,94 +135,128 @@ def _copy_code(target: Path) -> None:
     shutil.copytree(PACKAGE_DIR, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
-def _copy_models(source: Path, target: Path) -> dict[str, int]:
-    """Copy a complete model folder; returns the parameter count of each network."""
+def _copy_models(source: Path, target: Path) -> dict[str, dict]:
+    """Copy a complete model folder; returns the metadata of each network."""
     settings = read_pipeline_settings(source)
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
     shutil.copy2(source / "pipeline.json", target / "pipeline.json")
-    parameters = {}
+    networks = {}
     for task in settings.networks:
         model = source / MODEL_FILES[task]
         for path in (model, model.with_suffix(".json"), model.with_suffix(".onnx")):
             if not path.is_file():
                 raise FileNotFoundError(f"{path} missing: train the models first")
             shutil.copy2(path, target / path.name)
-        parameters[task] = read_metadata(model)["parameters"]["total"]
-    return parameters
+        networks[task] = read_metadata(model)
+    return networks
 
 
-def _write_script(out_dir: Path, dataset: SubmissionDataset, sequence: str, parameters: int):
+def _write_executable(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+def _write_script(out_dir: Path, dataset: SubmissionDataset, sequence: str, networks: dict):
     name = script_name(dataset.ctc_name, sequence)
-    path = out_dir / name
     fields = {
         "@DATASET@": dataset.ctc_name,
         "@SEQUENCE@": sequence,
         "@TRAINING_SET@": dataset.training_set,
-        "@PARAMETERS@": f"{parameters:,}",
+        "@PARAMETERS@": f"{_total_parameters(networks):,}",
+        "@ENCODER@": "; ".join(encoder_start_text(meta) for meta in networks.values()),
         "@SCRIPT@": name,
     }
     text = SCRIPT_TEMPLATE.read_text()
     for placeholder, value in fields.items():
         text = text.replace(placeholder, value)
-    path.write_text(text)
-    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return path
+    _write_executable(out_dir / name, text)
+    return out_dir / name
 
 
-def _summary_text(summaries: list[tuple[SubmissionDataset, dict[str, int]]]) -> str:
+def _total_parameters(networks: dict[str, dict]) -> int:
+    return sum(int(meta["parameters"]["total"]) for meta in networks.values())
+
+
+def _summary_text(summaries: list[tuple[SubmissionDataset, dict[str, dict]]]) -> str:
     lines = [
-        "# EfficientCellSeg submission",
+        "# EfficientCellSeg: Cell Tracking Challenge submission",
         "",
-        "Method: EfficientCellSeg (Wagner & Rohr, MIDL 2022): context-aware pseudocoloring of each",
-        "slice, a truncated EfficientNet encoder with a light decoder per network, watershed post-",
-        "processing, and slices linked across z into one label per 3D cell.",
+        "## Method",
         "",
-        "| dataset | sequences | training configuration | networks | parameters |",
-        "|---|---|---|---|---|",
+        "EfficientCellSeg (Wagner & Rohr, MIDL 2022, arXiv:2204.03014), as reimplemented by this",
+        "project. 3D stacks are segmented slice by slice. Each slice becomes a context-aware",
+        "pseudocolor image (green: the slice; red and blue: CLAHE-enhanced, blurred, adaptively",
+        "thresholded neighbour slices multiplied into it). An encoder-decoder network (a truncated",
+        "Keras EfficientNet encoder and a light U-Net decoder, inputs resized to a square inner",
+        "size) predicts the probability of cell per pixel; datasets post-processed with `centres`",
+        "use a second network of the same architecture predicting a cell-centre heatmap whose",
+        "peaks seed a marker-controlled watershed, `distance` uses a distance-transform watershed,",
+        "`single` keeps one object per frame. The 2D segments of adjacent slices are linked in z",
+        "into one label per 3D cell; objects outside the CTC field of interest are dropped.",
+        "Training: Dice loss (segmentation), focal loss (centres), Adam, learning rate reduced on",
+        "plateau, best epoch by validation IoU. Each dataset's models learn from that dataset",
+        "only; the generalist allGT/allST configurations are not used.",
+        "",
+        "## Datasets",
+        "",
+        "| dataset | sequences | training data | networks (parameters) | total parameters "
+        "| encoder initialisation |",
+        "|---|---|---|---|---|---|",
     ]
-    for dataset, parameters in summaries:
-        networks = " + ".join(f"{task} {count:,}" for task, count in parameters.items())
+    for dataset, networks in summaries:
+        counts = " + ".join(
+            f"{task} {int(meta['parameters']['total']):,}" for task, meta in networks.items()
+        )
         lines.append(
-            f"| {dataset.ctc_name} | {', '.join(dataset.sequences)} | {dataset.training_set} "
-            f"| {networks} | {sum(parameters.values()):,} |"
+            f"| {dataset.ctc_name} | {', '.join(dataset.sequences)} "
+            f"| {TRAINING_SET_NAMES.get(dataset.training_set, dataset.training_set)} | {counts} "
+            f"| {_total_parameters(networks):,} "
+            f"| {'; '.join(encoder_start_text(meta) for meta in networks.values())} |"
         )
     lines += [
         "",
-        "The models were trained on all annotated sequences of each dataset (training",
-        "configuration as listed) by `snakemake ctc_submission`; their settings are in",
-        "models/<dataset>/*.json.",
+        "The models were trained on every annotated sequence of each dataset (training",
+        "configuration as listed); their settings are in models/<dataset>/*.json.",
         "",
-        "Prerequisites: Linux (x86_64), bash, Python 3.11 and the exact packages of",
-        "requirements.txt (`python3.11 -m venv venv && venv/bin/pip install -r requirements.txt`;",
-        "the scripts use ./venv when it exists). An NVIDIA GPU is used when TensorFlow sees one,",
-        "otherwise the CPU (ONNX Runtime / OpenVINO). No internet is needed at run time.",
+        "## Install (once)",
         "",
-        "Run: `cd ctc_submission && ./<DATASET>-<SEQ>.sh` (see the header of each script). Each",
-        "reads ../<DATASET>/<SEQ> and writes ../<DATASET>/<SEQ>_RES/mask###.tif (uint16, one per",
-        "frame, the input's digit count): per slice context-aware pseudocolor, the networks,",
-        "watershed per slice, and slices linked in z into one label per 3D cell.",
+        "Prerequisites: Linux x86_64 (glibc 2.28 or newer), bash, Python 3.11 with venv.",
+        "`./install.sh` creates `./venv`: the `gpu` variant (TensorFlow with CUDA; the networks",
+        "run on an NVIDIA GPU) when `nvidia-smi` or `/dev/nvidia0` is there, else `cpu` (OpenVINO",
+        "and ONNX Runtime, no TensorFlow); `./install.sh cpu` or `./install.sh gpu` chooses.",
+        "When `wheelhouse/<variant>/` is in this folder, the install needs no network",
+        "(`pip install --no-index --find-links wheelhouse/<variant>`); otherwise pip downloads the",
+        "exact versions of `requirements-<variant>.txt`. Wheels of the `cpu` variant take about",
+        "240 MB, of the `gpu` variant about 3.5 GB.",
         "",
-        "Model details:",
+        "## Run",
+        "",
+        "`cd <this folder> && ./<DATASET>-<SEQ>.sh` (see the header of each script) with no",
+        "arguments and no network. Each reads ../<DATASET>/<SEQ> and writes",
+        "../<DATASET>/<SEQ>_RES/mask###.tif (uint16, one per frame, the input's digit count),",
+        "first into <SEQ>_RES.partial, renamed when every frame is done. Its log says whether the",
+        "networks run on a GPU (TensorFlow) or on the CPU (OpenVINO).",
+        "",
+        "## Model details",
+        "",
         "```json",
-        json.dumps({d.ctc_name: _model_details(Path(d.model_dir)) for d, _ in summaries}, indent=2),
+        json.dumps({d.ctc_name: _model_details(networks) for d, networks in summaries}, indent=2),
         "```",
         "",
     ]
     return "\n".join(lines)
 
 
-def _model_details(model_dir: Path) -> dict:
-    details = {}
-    for task, name in MODEL_FILES.items():
-        path = model_dir / name
-        if path.is_file():
-            meta = read_metadata(path)
-            details[task] = {
-                "parameters": meta["parameters"],
-                "trained_on": meta.get("trained_on"),
-                "best_val_iou": meta.get("best_val_iou"),
-                "epochs_run": meta.get("epochs_run"),
-            }
-    return details
+def _model_details(networks: dict[str, dict]) -> dict:
+    return {
+        task: {
+            "parameters": meta["parameters"],
+            "encoder_initialisation": meta.get("encoder_initialisation"),
+            "trained_on": meta.get("trained_on"),
+            "best_val_iou": meta.get("best_val_iou"),
+            "epochs_run": meta.get("epochs_run"),
+        }
+        for task, meta in networks.items()
+    }

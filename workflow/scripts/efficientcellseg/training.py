@@ -30,7 +30,15 @@ import numpy as np
 
 from . import ctc
 from .files import atomic_output
-from .model import build_model, load_model, parameter_counts, read_metadata, save_model
+from .model import (
+    EncoderInitialisation,
+    build_model,
+    load_model,
+    parameter_counts,
+    read_metadata,
+    resolve_encoder_weights,
+    save_model,
+)
 from .settings import DatasetSettings, ModelConfig, TrainingSettings
 from .training_data import (
     AnnotatedSlices,
@@ -90,6 +98,7 @@ def train_model_folder(
     """
     from .segment import write_pipeline_settings
 
+    encoder = resolve_encoder_weights(dataset.model)  # missing weights stop before any work
     dataset_dir, model_dir = Path(dataset_dir), Path(model_dir)
     sequences = sequences or ctc.discover_sequences(dataset_dir)
     cache = model_dir / ".slices"
@@ -111,6 +120,7 @@ def train_model_folder(
             settings,
             description={"dataset": dataset.name, "trained_on_sequences": list(sequences)},
             threads=threads,
+            encoder=encoder,
         )
     write_pipeline_settings(model_dir, dataset.pipeline)
     shutil.rmtree(cache, ignore_errors=True)
@@ -145,6 +155,7 @@ def train_network(
     *,
     description: dict[str, Any] | None = None,
     threads: int | None = None,
+    encoder: EncoderInitialisation | None = None,
 ) -> dict[str, Any]:
     """:func:`train`, then export the model to ONNX beside it (what inference on a CPU reads)."""
     from .inference import export_onnx
@@ -156,6 +167,7 @@ def train_network(
         settings,
         description=description,
         threads=threads,
+        encoder=encoder,
     )
     export_onnx(outputs.model)
     return metadata
@@ -169,14 +181,21 @@ def train(
     *,
     description: dict[str, Any] | None = None,
     threads: int | None = None,
+    encoder: EncoderInitialisation | None = None,
 ) -> dict[str, Any]:
     """Train one network on the stored annotated slices and save the best model.
 
     Resumes from ``outputs.checkpoint_dir`` when it holds a checkpoint of the same settings
-    and data. Returns the metadata written beside the model (configuration, parameter counts,
-    best epoch and validation IoU, epochs run, number of samples).
+    and data. ``encoder`` is what the encoder starts from (default:
+    :func:`~efficientcellseg.model.resolve_encoder_weights` of ``model_config``, which stops at
+    once when requested ImageNet weights are missing). Returns the metadata written beside the
+    model (configuration, encoder initialisation, parameter counts, best epoch and validation
+    IoU, epochs run, number of samples).
     """
     import keras
+
+    encoder = encoder or resolve_encoder_weights(model_config)
+    log.info("encoder starts from %s", encoder.describe())
 
     if threads:
         from .inference import set_tensorflow_threads
@@ -199,10 +218,10 @@ def train(
     checkpoints = _Checkpoints(outputs.checkpoint_dir, _fingerprint(model_config, settings, data))
     state = checkpoints.latest_state()
     keras.utils.set_random_seed(settings.seed)
-    model = _compiled_model(model_config, settings)
+    model = _compiled_model(model_config, settings, encoder)
     # Saved models are float32 whatever the training precision: a copy built with the default
-    # policy receives the weights of every new best epoch.
-    export = build_model(model_config, name=settings.task)
+    # policy receives the weights of every new best epoch (so its own start does not matter).
+    export = build_model(model_config, name=settings.task, encoder=EncoderInitialisation("random"))
     if state is None:
         checkpoints.start_over()
         state = _ScheduleState(learning_rate=settings.learning_rate)
@@ -244,6 +263,7 @@ def train(
     metadata = {
         "task": settings.task,
         "model_config": model_config.to_dict(),
+        "encoder_initialisation": encoder.to_dict(),
         "parameters": parameter_counts(best_model, model_config),
         "training": settings.to_dict(),
         "best_epoch": int(best["epoch"]),
@@ -271,7 +291,9 @@ def train(
     return metadata
 
 
-def _compiled_model(model_config: ModelConfig, settings: TrainingSettings):
+def _compiled_model(
+    model_config: ModelConfig, settings: TrainingSettings, encoder: EncoderInitialisation
+):
     """The network to train, in the requested precision, compiled with its loss and metric."""
     import keras
 
@@ -281,7 +303,7 @@ def _compiled_model(model_config: ModelConfig, settings: TrainingSettings):
     previous = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy(policy)
     try:  # layers keep the policy they were built with; nothing leaks to later models
-        model = build_model(model_config, name=settings.task)
+        model = build_model(model_config, name=settings.task, encoder=encoder)
     finally:
         keras.mixed_precision.set_global_policy(previous)
     log.info("precision policy: %s", policy)

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # EfficientCellSeg (Wagner & Rohr, MIDL 2022) - Cell Tracking Challenge executable
 # Dataset @DATASET@, sequence @SEQUENCE@; training configuration @TRAINING_SET@;
-# @PARAMETERS@ parameters in all networks.
+# @PARAMETERS@ parameters in all networks; encoder initialisation: @ENCODER@.
 #
-# Prerequisites: Linux (x86_64), bash, Python 3.11 with the packages of requirements.txt, e.g.
-#   python3.11 -m venv venv && venv/bin/pip install -r requirements.txt
-# (this script uses ./venv/bin/python when it exists, else $EFFICIENTCELLSEG_PYTHON, else
-# python3 on the PATH). An NVIDIA GPU is used when TensorFlow sees one, otherwise the CPU.
-# Nothing is downloaded: the models and the code are in this folder.
+# Prerequisites: Linux x86_64 (glibc 2.28 or newer), bash, Python 3.11 (python3.11 with venv).
+# Install once with ./install.sh (creates ./venv from requirements-cpu.txt or
+# requirements-gpu.txt; offline from wheelhouse/ when it is there, see SUBMISSION.md).
+# This script uses ./venv/bin/python when it exists, else $EFFICIENTCELLSEG_PYTHON, else
+# python3 on the PATH. An NVIDIA GPU is used when TensorFlow (the gpu install) sees one,
+# otherwise the CPU; the log says which. Nothing is downloaded: the models and the code are in
+# this folder.
 #
 # Run from inside this folder with no arguments. Reads ../@DATASET@/@SEQUENCE@, writes
 # ../@DATASET@/@SEQUENCE@_RES/mask###.tif (uint16, one per frame), replacing that folder.
@@ -31,13 +33,13 @@ elif [ -n "${EFFICIENTCELLSEG_PYTHON:-}" ]; then
 else
   python=$(command -v python3 || true)
 fi
-[ -n "$python" ] || fail "no python3 found: install Python 3.11 and requirements.txt"
+[ -n "$python" ] || fail "no python3 found: install Python 3.11, then run ./install.sh"
 
 export PYTHONPATH="$PWD/code${PYTHONPATH:+:$PYTHONPATH}"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
-"$python" -c "import efficientcellseg.environment as e; e.check_environment()" \
+"$python" -c "import efficientcellseg.environment as e; e.check_environment(); print(e.device_report())" \
   || fail "the Python environment ($python) is not usable:" \
-    "install requirements.txt (see the header of this script)"
+    "run ./install.sh (see the header of this script)"
 
 partial="$output.partial"
 rm -rf "$partial"
