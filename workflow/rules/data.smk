@@ -47,6 +47,7 @@ rule synthetic_dataset:
         runtime=30,
     params:
         spec=lambda wildcards: dataset_of(wildcards.ctc).synthetic.to_dict(),
+        code_version=CODE_VERSIONS["datasets"],
     script:
         "../scripts/synthetic_dataset.py"
 
@@ -67,6 +68,7 @@ rule sample_cho:
         runtime=30,
     params:
         cache=".cache",
+        code_version=CODE_VERSIONS["datasets"],
     script:
         "../scripts/sample_dataset.py"
 
@@ -85,5 +87,7 @@ rule pseudocolor:
     resources:
         mem_mb=8000,
         runtime=120,
+    params:
+        code_version=CODE_VERSIONS["pseudocolor"],
     script:
         "../scripts/pseudocolor.py"

@@ -34,6 +34,7 @@ rule train:
         .training_settings(wildcards.task)
         .to_dict(),
         checkpoint_dir=lambda wildcards: f"results/{wildcards.ds}/models/{wildcards.fold}/.{wildcards.task}_checkpoint",
+        code_version=CODE_VERSIONS["training"],
     script:
         "../scripts/train.py"
 
