@@ -119,18 +119,21 @@ def test_report_is_the_one_place_to_look(tiny_workflow, tmp_path: Path) -> None:
     report = tmp_path / "report.zip"
     run_snakemake(tiny_workflow.workdir, "--report", str(report), "results/tiny/SEG.txt").check()
     archive = zipfile.ZipFile(report)
-    names = "\n".join(archive.namelist())
-    for expected in (
-        "overlays.png",
-        "scores.tsv",
-        "summary.html",
-        "segmentation_curve.png",
-        "centres_curve.png",
-    ):
-        assert expected in names
-    assert "/Other/" not in names  # every item has a category and a subcategory
+    (html_name,) = [n for n in archive.namelist() if n.endswith("report.html")]
+    found = re.search(r"categories = (\{.*?\});?\n", archive.read(html_name).decode())
+    categories = json.loads(found.group(1))  # category -> subcategory -> files
+    results = f"results/{DATASET}"
+    assert categories == {
+        "Results": {DATASET: [f"{results}/evaluation/scores.tsv",
+                              f"{results}/evaluation/summary.html"]},
+        "Training": {DATASET: sorted(
+            (f"{results}/models/{fold}/{task}_curve.png"
+             for fold in ("without-01", "without-02") for task in ("segmentation", "centres")),
+            key=lambda p: Path(p).name,
+        )},
+        "Examples": {DATASET: [f"{results}/evaluation/overlays.png"]},
+    }  # fmt: skip
     (page_name,) = [n for n in archive.namelist() if n.endswith("summary.html")]
-    assert "/Results/" in page_name and f"/{DATASET}/" in page_name
     page = archive.read(page_name).decode()
     results = tiny_workflow.workdir / "results" / DATASET
     seg_txt = (results / "SEG.txt").read_text()
@@ -163,6 +166,7 @@ def test_moved_or_updated_checkout_redoes_only_what_a_code_version_says(
     results) and of the results (`cp -a`) plans nothing; changed comments plan nothing; a raised
     training version plans training and what follows from it, nothing upstream."""
     checkout = tmp_path / "checkout"
+    checkout.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
     for name in ("Snakefile", "workflow", "profiles", "config"):
         if (ROOT / name).is_dir():
