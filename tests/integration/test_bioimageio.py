@@ -17,6 +17,8 @@ from efficientcellseg.pseudocolor import pseudocolor_frame
 from efficientcellseg.settings import SyntheticSpec
 from efficientcellseg.synthetic import generate_sequence
 
+pytestmark = pytest.mark.slow  # bioimageio.core runs each package 7 times (~30-60 s)
+
 
 @pytest.fixture
 def offline(monkeypatch):
