@@ -97,11 +97,12 @@ def write_config(workdir: Path, config: dict | None = None) -> Path:
     return path
 
 
-def snakemake_command(workdir: Path, *args: str) -> list[str]:
+def snakemake_command(workdir: Path, *args: str, snakefile: Path | None = None) -> list[str]:
+    """The command line; ``snakefile`` (default the repository's) selects another checkout."""
     return [
         str(SNAKEMAKE),
         "--snakefile",
-        str(ROOT / "Snakefile"),
+        str(snakefile or ROOT / "Snakefile"),
         "--directory",
         str(workdir),
         "--configfile",
@@ -111,12 +112,16 @@ def snakemake_command(workdir: Path, *args: str) -> list[str]:
 
 
 def run_snakemake(
-    workdir: Path, *args: str, env: dict | None = None, timeout: int = 1800
+    workdir: Path,
+    *args: str,
+    env: dict | None = None,
+    timeout: int = 1800,
+    snakefile: Path | None = None,
 ) -> WorkflowRun:
     """Run snakemake in ``workdir`` with the tiny config; output is stdout and stderr together."""
     environment = {**os.environ, **(env or {})}
     result = subprocess.run(
-        snakemake_command(workdir, *args),
+        snakemake_command(workdir, *args, snakefile=snakefile),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

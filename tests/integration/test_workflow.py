@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from workflow_runs import CTC_NAME, DATASET, TINY_MIN_SEG, run_snakemake
+from workflow_runs import CTC_NAME, DATASET, ROOT, TINY_MIN_SEG, run_snakemake
 
 from efficientcellseg import ctc
 from efficientcellseg.metrics import evaluate_sequence, peseg, seg_measure
@@ -93,19 +95,108 @@ def test_jobs_leave_logs_benchmarks_and_report_outputs(tiny_workflow) -> None:
     assert curve.stat().st_size > 10_000
 
 
-def test_report_holds_curves_figures_and_scores(tiny_workflow, tmp_path: Path) -> None:
+def readme_report_commands() -> list[list[str]]:
+    """The README's `snakemake --report` commands after the demo, for the test's dataset (the
+    tiny workflow stands in for the demo's, whose dataset is `synthetic`)."""
+    text = (ROOT / "README.md").read_text()
+    commands = re.findall(r"^(?:\.venv/bin/)?snakemake (--report [^#\n]*?)\s*(?:#.*)?$", text, re.M)
+    demo = [c for c in commands if "results/synthetic/" in c]
+    return [c.replace("results/synthetic/", f"results/{DATASET}/").split() for c in demo]
+
+
+def test_readme_report_command_works_after_the_demo(tiny_workflow) -> None:
+    commands = readme_report_commands()
+    assert commands, "the README shows no `snakemake --report` command for the demo's results"
+    for args in commands:
+        report = tiny_workflow.workdir / args[1]
+        run_snakemake(tiny_workflow.workdir, *args).check()
+        assert report.stat().st_size > 100_000
+        report.unlink()
+
+
+def test_report_is_the_one_place_to_look(tiny_workflow, tmp_path: Path) -> None:
+    """Curves, examples, the score table and the summary page with SEG.txt's figures, time and
+    memory per job and every reference object, each filed under its dataset."""
     report = tmp_path / "report.zip"
     run_snakemake(tiny_workflow.workdir, "--report", str(report), "results/tiny/SEG.txt").check()
-    import zipfile
-
-    names = "\n".join(zipfile.ZipFile(report).namelist())
-    for expected in ("overlays.png", "scores.tsv", "segmentation_curve.png", "centres_curve.png"):
-        assert expected in names
+    archive = zipfile.ZipFile(report)
+    (html_name,) = [n for n in archive.namelist() if n.endswith("report.html")]
+    found = re.search(r"categories = (\{.*?\});?\n", archive.read(html_name).decode())
+    categories = json.loads(found.group(1))  # category -> subcategory -> files
+    results = f"results/{DATASET}"
+    assert categories == {
+        "Results": {DATASET: [f"{results}/evaluation/scores.tsv",
+                              f"{results}/evaluation/summary.html"]},
+        "Training": {DATASET: sorted(
+            (f"{results}/models/{fold}/{task}_curve.png"
+             for fold in ("without-01", "without-02") for task in ("segmentation", "centres")),
+            key=lambda p: Path(p).name,
+        )},
+        "Examples": {DATASET: [f"{results}/evaluation/overlays.png"]},
+    }  # fmt: skip
+    (page_name,) = [n for n in archive.namelist() if n.endswith("summary.html")]
+    page = archive.read(page_name).decode()
+    results = tiny_workflow.workdir / "results" / DATASET
+    seg_txt = (results / "SEG.txt").read_text()
+    for key in ("SEG", "PESEG"):
+        assert f"<td>{_seg_txt_value(seg_txt, key):.6f}</td>" in page
+    for job in ("pseudocolor_01", "train_without-01_segmentation", "predict_02", "evaluate_01"):
+        assert f"<td class='text'>{job}</td>" in page
+    objects = sum(
+        len((results / "evaluation" / seq / "objects.csv").read_text().splitlines()) - 1
+        for seq in SEQUENCES
+    )
+    assert f"<p>{objects} reference objects" in page
 
 
 def test_finished_workflow_has_nothing_to_do(tiny_workflow) -> None:
     run = run_snakemake(tiny_workflow.workdir, "-n", "results/tiny/SEG.txt").check()
     assert "Nothing to be done" in run.output
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """Rule -> job count of a dry run's job table."""
+    table = output.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def test_moved_or_updated_checkout_redoes_only_what_a_code_version_says(
+    tiny_workflow, tmp_path: Path
+) -> None:
+    """A copy of the code (as `git clone`/`git pull` leaves it: every file newer than the
+    results) and of the results (`cp -a`) plans nothing; changed comments plan nothing; a raised
+    training version plans training and what follows from it, nothing upstream."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("Snakefile", "workflow", "profiles", "config"):
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, checkout / name, copy_function=shutil.copy, ignore=ignore)
+        else:
+            shutil.copy(ROOT / name, checkout / name)
+    work = tmp_path / "work"
+    shutil.copytree(tiny_workflow.workdir, work, symlinks=True)  # times kept, as `cp -a`
+
+    def plan(*targets: str) -> str:
+        run = run_snakemake(work, "-n", *targets, snakefile=checkout / "Snakefile").check()
+        return run.output
+
+    assert "Nothing to be done" in plan("results/tiny/SEG.txt", "ctc_submission")
+    scripts = checkout / "workflow" / "scripts"
+    for script in (scripts / "train.py", scripts / "efficientcellseg" / "training.py"):
+        script.write_text(script.read_text() + "\n# a comment\n")
+    assert "Nothing to be done" in plan("results/tiny/SEG.txt")
+    # The submission carries the library: any change rebuilds it (seconds), and only it.
+    assert planned_jobs(plan("ctc_submission")) == {"ctc_submission": 1}
+    versions = scripts / "efficientcellseg" / "versions.py"
+    versions.write_text(versions.read_text().replace('"training": 1', '"training": 2'))
+    assert planned_jobs(plan("results/tiny/SEG.txt")) == {
+        "train": 4,  # 2 held-out folds x 2 networks
+        "predict": 2,
+        "evaluate": 2,
+        "overlays": 1,
+        "seg_summary": 1,
+    }
 
 
 def test_interrupted_prediction_redoes_only_the_missing_masks(tiny_workflow) -> None:

@@ -34,6 +34,8 @@ def pyproject_pins() -> dict[str, str]:
     pins = {}
     for spec in specs:
         requirement = Requirement(spec)
+        if requirement.name == project["name"]:  # an extra that includes another extra
+            continue
         (specifier,) = requirement.specifier
         assert specifier.operator == "==", f"pyproject.toml must pin exactly: {spec}"
         pins[requirement.name.lower()] = specifier.version

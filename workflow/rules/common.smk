@@ -13,6 +13,7 @@ from efficientcellseg.settings import (  # noqa: E402
     TEST_SET_SOURCES,
     workflow_settings,
 )
+from efficientcellseg.versions import CODE_VERSIONS, source_digest  # noqa: E402
 
 SETTINGS = workflow_settings(config)
 DATASETS = SETTINGS.datasets
@@ -107,6 +108,34 @@ def heldout_scores_by_sequence(wildcards):
 
 def heldout_scores(wildcards):
     return list(scores_by_sequence(wildcards.ds).values())
+
+
+def heldout_objects_by_sequence(wildcards):
+    """sequence -> its objects.csv (one row per reference object)."""
+    return {
+        seq: f"results/{wildcards.ds}/evaluation/{seq}/objects.csv"
+        for seq in DATASETS[wildcards.ds].sequences
+    }
+
+
+def heldout_objects(wildcards):
+    return list(heldout_objects_by_sequence(wildcards).values())
+
+
+def heldout_benchmarks(wildcards):
+    """Benchmark files (time, memory) of every job behind a dataset's held-out scores."""
+    ds = DATASETS[wildcards.ds]
+    folder = f"results/{wildcards.ds}/benchmarks"
+    return (
+        [f"{folder}/pseudocolor_{seq}.tsv" for seq in ds.sequences]
+        + [
+            f"{folder}/train_without-{seq}_{task}.tsv"
+            for seq in ds.sequences
+            for task in ds.networks
+        ]
+        + [f"{folder}/predict_{seq}.tsv" for seq in ds.sequences]
+        + [f"{folder}/evaluate_{seq}.tsv" for seq in ds.sequences]
+    )
 
 
 def heldout_model_metadata_by_sequence(wildcards):

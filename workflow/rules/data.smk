@@ -51,6 +51,7 @@ rule synthetic_dataset:
         runtime=30,
     params:
         spec=lambda wildcards: dataset_of(wildcards.ctc).synthetic.to_dict(),
+        code_version=CODE_VERSIONS["datasets"],
     script:
         "../scripts/synthetic_dataset.py"
 
@@ -71,6 +72,7 @@ rule sample_cho:
         runtime=30,
     params:
         cache=".cache",
+        code_version=CODE_VERSIONS["datasets"],
     script:
         "../scripts/sample_dataset.py"
 
@@ -89,5 +91,7 @@ rule pseudocolor:
     resources:
         mem_mb=8000,
         runtime=120,
+    params:
+        code_version=CODE_VERSIONS["pseudocolor"],
     script:
         "../scripts/pseudocolor.py"

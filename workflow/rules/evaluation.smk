@@ -21,6 +21,7 @@ rule evaluate:
         result_dir=rules.predict.params.result_dir,
         reference=lambda wildcards: DATASETS[wildcards.ds].score_against,
         det_penalise_fp=lambda wildcards: DATASETS[wildcards.ds].det_penalise_fp,
+        code_version=CODE_VERSIONS["evaluation"],
     script:
         "../scripts/evaluate.py"
 
@@ -34,7 +35,8 @@ rule overlays:
             "results/{ds}/evaluation/overlays.png",
             caption="../report/overlays.rst",
             category="Examples",
-            labels={"dataset": "{ds}"},
+            subcategory="{ds}",
+            labels={"dataset": "{ds}", "content": "example slices with masks"},
         ),
     log:
         "logs/{ds}/overlays.log",
@@ -50,6 +52,7 @@ rule overlays:
             for seq in DATASETS[wildcards.ds].sequences
         },
         reference=lambda wildcards: DATASETS[wildcards.ds].score_against,
+        code_version=CODE_VERSIONS["evaluation"],
     script:
         "../scripts/overlays.py"
 
@@ -57,15 +60,28 @@ rule overlays:
 rule seg_summary:
     input:
         scores=heldout_scores,
+        objects=heldout_objects,
         models=heldout_model_metadata,
+        benchmarks=heldout_benchmarks,
         figure=rules.overlays.output[0],
     output:
         seg="results/{ds}/SEG.txt",
         table=report(
             "results/{ds}/evaluation/scores.tsv",
             caption="../report/scores.rst",
-            category="Scores",
-            labels={"dataset": "{ds}"},
+            category="Results",
+            subcategory="{ds}",
+            labels={"dataset": "{ds}", "content": "scores per sequence (TSV)"},
+        ),
+        page=report(
+            "results/{ds}/evaluation/summary.html",
+            caption="../report/summary.rst",
+            category="Results",
+            subcategory="{ds}",
+            labels={
+                "dataset": "{ds}",
+                "content": "scores, PESEG, time and memory per job, every object",
+            },
         ),
     log:
         "logs/{ds}/seg_summary.log",
@@ -76,7 +92,9 @@ rule seg_summary:
         ctc_name=lambda wildcards: DATASETS[wildcards.ds].ctc_name,
         reference=lambda wildcards: DATASETS[wildcards.ds].score_against,
         scores=heldout_scores_by_sequence,
+        objects=heldout_objects_by_sequence,
         models=heldout_model_metadata_by_sequence,
+        code_version=CODE_VERSIONS["evaluation"],
     script:
         "../scripts/seg_summary.py"
 

@@ -24,5 +24,6 @@ rule predict:
         result_dir="results/{ds}/{seq}_RES",
         model_dir="results/{ds}/models/without-{seq}",
         inference=lambda wildcards: DATASETS[wildcards.ds].inference.config_dict(),
+        code_version=CODE_VERSIONS["prediction"],
     script:
         "../scripts/predict.py"

@@ -34,6 +34,8 @@ rule ctc_submission:
             }
             for d in SUBMISSION
         ],
+        # It copies the library: rebuilt whenever the library's content changes (cheap).
+        code=source_digest(),
     script:
         "../scripts/build_submission.py"
 

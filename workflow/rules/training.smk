@@ -36,6 +36,7 @@ rule train:
         .to_dict(),
         checkpoint_dir=lambda wildcards: f"results/{wildcards.ds}/models/{wildcards.fold}/.{wildcards.task}_checkpoint",
         imagenet=SETTINGS.imagenet_weights.to_dict(),
+        code_version=CODE_VERSIONS["training"],
     script:
         "../scripts/train.py"
 

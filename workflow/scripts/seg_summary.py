@@ -1,7 +1,8 @@
-"""SEG.txt and the score table of one dataset from its held-out sequence scores."""
+"""SEG.txt, the score table and the report page of one dataset from its held-out scores."""
 
 from efficientcellseg.logs import script_log
 from efficientcellseg.scores import dataset_scores, write_dataset_scores
+from efficientcellseg.summary_page import write_summary_page
 
 with script_log(snakemake.log[0]):
     scores = dataset_scores(
@@ -12,3 +13,6 @@ with script_log(snakemake.log[0]):
         snakemake.params.models,
     )
     write_dataset_scores(scores, snakemake.output.seg, snakemake.output.table)
+    write_summary_page(
+        snakemake.output.page, scores, snakemake.params.objects, snakemake.input.benchmarks
+    )

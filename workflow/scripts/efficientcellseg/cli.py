@@ -190,10 +190,23 @@ def build_parser() -> argparse.ArgumentParser:
     # -- predict command --
     defaults = InferenceSettings()
     p = commands.add_parser(
-        "predict", help="segment one CTC sequence with a model folder (as the CTC scripts do)"
+        "predict",
+        help="segment a CTC sequence, or any TIFF images, with a model folder",
+        description=(
+            "One CTC sequence folder (t000.tif ...) gives OUT_DIR/mask000.tif ... (as the CTC "
+            "scripts do); any other TIFF files or folders of them (2D images or 3D stacks, one "
+            "channel) give a mask of the same name each in OUT_DIR. Finished masks are kept "
+            "(resuming) unless --overwrite."
+        ),
     )
-    p.add_argument("sequence_dir", type=Path, help="input sequence folder, e.g. Fluo-X/01")
-    p.add_argument("result_dir", type=Path, help="where mask###.tif go, e.g. Fluo-X/01_RES")
+    p.add_argument(
+        "inputs",
+        type=Path,
+        nargs="+",
+        metavar="INPUT",
+        help="a CTC sequence folder, e.g. Fluo-X/01, or TIFF files and folders of them",
+    )
+    p.add_argument("result_dir", type=Path, metavar="OUT_DIR", help="where the masks go")
     p.add_argument("--models", type=Path, required=True, help="model folder (with pipeline.json)")
     p.add_argument(
         "--backend", default=defaults.backend, choices=BACKENDS, help="runtime (%(default)s)"
@@ -210,11 +223,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads", type=int, help="CPU threads (default, or 0: all cores available to it)"
     )
-    p.add_argument("--frames", type=int, nargs="+", help="only these frame numbers")
+    p.add_argument(
+        "--frames",
+        type=_frame_numbers,
+        action="extend",
+        metavar="T[,T...]",
+        help="CTC sequences only: these frame numbers, e.g. 0,1 or 0-9 (repeatable)",
+    )
     p.add_argument(
         "--overwrite", action="store_true", help="redo masks that exist (default: resume)"
     )
     p.set_defaults(handler=_predict)
+    # -- BioImage Model Zoo export --
+    p = commands.add_parser(
+        "bioimageio",
+        help="export a model folder's networks as BioImage Model Zoo packages",
+        description=(
+            "Writes OUT_DIR/<folder>-<network>.bioimageio.zip per network (ONNX weights, a test "
+            "input and output, a cover, a README documenting the pseudocolor input) and checks "
+            "each with bioimageio.core's test_model, offline. Needs the `bioimageio` extra."
+        ),
+    )
+    p.add_argument("model_dir", type=Path, help="a trained model folder, e.g. results/X/models/all")
+    p.add_argument("out_dir", type=Path, help="where the .bioimageio.zip packages go")
+    p.add_argument(
+        "--sample", type=Path, help="a raw TIFF whose middle slice is the test input (synthetic)"
+    )
+    p.add_argument(
+        "--author", action="append", dest="authors", help="author of the weights (repeatable)"
+    )
+    p.add_argument("--license", default="MIT", help="SPDX licence of the weights (%(default)s)")
+    p.add_argument("--no-validate", action="store_true", help="skip bioimageio.core's test")
+    p.set_defaults(handler=_bioimageio)
+    # -- device command --
+    p = commands.add_parser(
+        "device",
+        help="say which device (GPU or CPU) training and prediction will use here",
+        description=(
+            "Checks TensorFlow's CUDA build and the GPUs it sees (after CUDA_VISIBLE_DEVICES), "
+            "and says what the workflow's train and predict jobs will run on, in which "
+            "precision. Exit status 1 with --require-gpu when TensorFlow sees no GPU."
+        ),
+    )
+    p.add_argument("--models", type=Path, help="a trained model folder: answer for its networks")
+    p.add_argument(
+        "--backend", default=defaults.backend, choices=BACKENDS, help="runtime (%(default)s)"
+    )
+    p.add_argument(
+        "--precision", default=defaults.precision, choices=PRECISIONS, help="(%(default)s)"
+    )
+    p.add_argument("--require-gpu", action="store_true", help="fail unless a GPU is usable")
+    p.set_defaults(handler=_device)
     # -- train command --
     p = commands.add_parser(
         "train",
@@ -367,7 +426,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from .segment import segment_sequence
+    from .segment import is_ctc_sequence, segment_images, segment_sequence
 
     inference = InferenceSettings(
         backend=args.backend,
@@ -375,19 +434,75 @@ def _predict(args: argparse.Namespace) -> None:
         precision=args.precision,
         threads=args.threads,
     )
-    summary = segment_sequence(
-        args.sequence_dir,
-        args.result_dir,
-        args.models,
-        inference,
-        frames=args.frames,
-        overwrite=args.overwrite,
-        progress=sys.stderr.isatty(),
-    )
+    for item in args.inputs:
+        if not item.exists():
+            hint = " (frame numbers go as --frames 0,1)" if item.name.isdigit() else ""
+            raise FileNotFoundError(f"{item}: no such file or folder{hint}")
+    options = {"overwrite": args.overwrite, "progress": sys.stderr.isatty()}
+    if len(args.inputs) == 1 and is_ctc_sequence(args.inputs[0]):
+        summary = segment_sequence(
+            args.inputs[0], args.result_dir, args.models, inference, frames=args.frames, **options
+        )
+    elif args.frames:
+        raise ValueError(
+            f"--frames needs one CTC sequence folder (t000.tif ...), not {_listed(args.inputs)}"
+        )
+    else:
+        summary = segment_images(args.inputs, args.result_dir, args.models, inference, **options)
     print(
         f"wrote {len(summary['written'])} masks to {args.result_dir}"
         + (f" (kept {len(summary['skipped'])} finished)" if summary["skipped"] else "")
     )
+
+
+def _frame_numbers(text: str) -> list[int]:
+    """``0,1,5-9`` -> [0, 1, 5, 6, 7, 8, 9] (one option value, so it never takes a folder)."""
+    numbers = []
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        if not first.isdigit() or (last and not last.isdigit()):
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: give frame numbers as 0,1 or ranges as 0-9"
+            )
+        numbers += range(int(first), int(last or first) + 1)
+    return numbers
+
+
+def _listed(paths: list[Path]) -> str:
+    return ", ".join(map(str, paths[:3])) + (" ..." if len(paths) > 3 else "")
+
+
+def _bioimageio(args: argparse.Namespace) -> int:
+    from .bioimageio_export import export_bioimageio, validate_package
+
+    authors = tuple(args.authors or ("EfficientCellSeg pipeline",))
+    packages = export_bioimageio(
+        args.model_dir, args.out_dir, sample=args.sample, authors=authors, license_id=args.license
+    )
+    failed = 0
+    for path in packages:
+        status = "not validated" if args.no_validate else validate_package(path)["status"]
+        failed += status not in ("passed", "not validated")
+        print(f"{path}: {status}")
+    if failed:
+        log.error(
+            "%d package(s) did not pass bioimageio.core's test_model (`bioimageio test PACKAGE` "
+            "shows why)",
+            failed,
+        )
+    return 1 if failed else 0
+
+
+def _device(args: argparse.Namespace) -> int:
+    from .devices import device_report, report_lines
+
+    inference = InferenceSettings(backend=args.backend, precision=args.precision)
+    report = device_report(args.models, inference)
+    print("\n".join(report_lines(report)))
+    if args.require_gpu and not report["gpus"]:
+        log.error("no GPU that TensorFlow can use (--require-gpu)")
+        return 1
+    return 0
 
 
 def _train(args: argparse.Namespace) -> None:

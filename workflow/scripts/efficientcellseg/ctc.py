@@ -178,6 +178,17 @@ def tiff_shape(path: Path) -> tuple[int, ...]:
     return tiff_header(path)[0]
 
 
+def tiff_axes(path: Path) -> str:
+    """Axis letters tifffile reads from a TIFF's metadata, singleton axes dropped (e.g. ``ZYX``,
+    ``YXS`` for RGB, ``TZYX`` for an ImageJ hyperstack; ``Q``/``I`` where unknown)."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            return "".join(a for a, n in zip(series.axes, series.shape, strict=True) if n > 1)
+    except Exception as exc:
+        raise CTCFormatError(f"{path}: not a readable TIFF file ({exc})") from exc
+
+
 def tiff_metadata(path: Path) -> dict:
     """The JSON metadata tifffile stores with an image (``{}`` when there is none)."""
     return tiff_header(path)[1]

@@ -570,7 +570,21 @@ def download_dataset(
         log.info("using the zip downloaded before: %s", zip_path)
     else:
         options = dict(retries=retries, backoff=backoff, timeout=timeout, progress=progress)
-        _download_first_found(urls, zip_path, expected_size, session, **options)
+        try:
+            _download_first_found(urls, zip_path, expected_size, session, **options)
+        except DownloadError as exc:
+            if exc.status == 404:
+                raise
+            raise DownloadError(
+                f"{exc}\nNo download? A copy you already have works too: put the zip at "
+                f"{zip_path} (it is unpacked without downloading"
+                + (f" when it has {expected_size:,} bytes" if expected_size else "")
+                + f"), or unpack it so that {dataset_dir}/01/t000.tif exists (for the workflow, "
+                "`source: local` in the dataset's config entry says the data is on disk); a "
+                "mirror of the CTC server: `ctc_server` in the config (--base-url here)",
+                url=exc.url,
+                status=exc.status,
+            ) from exc
     sequences = _unpack_dataset(zip_path, dataset_dir, max_bytes)
     if not keep_zip:
         zip_path.unlink()

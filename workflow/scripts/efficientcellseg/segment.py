@@ -1,7 +1,9 @@
 """From raw CTC frames to result masks with a trained model folder: the one inference code path.
 
 The workflow, the ``efficientcellseg predict`` command and the generated CTC executables all
-call :func:`segment_sequence`. A model folder is self-contained::
+call :func:`segment_sequence` on CTC sequences (``t000.tif`` ... -> ``mask000.tif`` ...);
+:func:`segment_images` segments any TIFF files (2D images or 3D stacks) into masks of the same
+names, and :class:`Segmenter` segments arrays. A model folder is self-contained::
 
     segmentation.keras  (+ .json metadata, + .onnx export)
     centres.keras       (only for post-processing kind "centres")
@@ -12,8 +14,9 @@ TIFF description what it was made from: the input frame (name, size, SHA-256 of 
 model folder (SHA-256 of pipeline.json and the network files), the backend and precision that
 ran, and the SHA-256 of its own pixels. A run keeps a mask only when it reads back whole and
 its record matches what the run would do now, so an interrupted run finishes the missing
-frames without redoing the others, while a different input, other models or other inference
-settings redo them. Temporary files an interrupted run left behind are removed.
+frames without redoing the others, while a different input, other models, other inference
+settings or another version of the prediction code (:mod:`.versions`) redo them. Temporary
+files an interrupted run left behind are removed.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from .logs import frame_progress
 from .postprocess import postprocess_frame
 from .pseudocolor import pseudocolor_frame
 from .settings import InferenceSettings, PipelineSettings
+from .versions import CODE_VERSIONS
 
 log = logging.getLogger(__name__)
 
@@ -190,15 +194,8 @@ def segment_sequence(
     if unknown:
         raise ValueError(f"{sequence_dir}: no frames {unknown}; it has {_span(seq.frame_ids)}")
     pipeline = read_pipeline_settings(model_dir)  # a broken model folder fails before anything
-    for tmp in temporaries(result_dir, "mask*"):
-        log.info("removing %s, left by an interrupted run", tmp)
-        remove(tmp)
-    ran_with = {
-        task: _ran_with(*resolve_inference(network_path(model_dir, task), inference.backend,
-                                           inference.precision))
-        for task in pipeline.networks
-    }  # fmt: skip
-    models = model_fingerprint(model_dir, pipeline.networks)
+    _remove_temporaries(result_dir, "mask*")
+    models, ran_with = _made_with(model_dir, pipeline, inference)
     records = {f: mask_record(seq.frames[f], models, ran_with) for f in wanted}
     finished = set() if overwrite else finished_masks(seq, result_dir, records)
     todo = [f for f in wanted if f not in finished]
@@ -235,6 +232,123 @@ def segment_sequence(
     return summary
 
 
+IMAGE_SUFFIXES = (".tif", ".tiff")
+
+
+def image_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """The TIFF files ``inputs`` name: files as given, folders by the ``*.tif``/``*.tiff`` files
+    directly inside them (sorted by name). Errors name the input that is missing, empty or not
+    a TIFF, and two inputs whose masks would have the same name."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if _is_tiff(p) and not p.name.startswith("."))
+            if not found:
+                raise FileNotFoundError(f"{item}: no .tif/.tiff files in this folder")
+            files += found
+        elif item.is_file():
+            if not _is_tiff(item):
+                raise ValueError(f"{item}: not a .tif/.tiff file")
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder")
+    by_name: dict[str, Path] = {}
+    for path in files:
+        if path.name in by_name and by_name[path.name].resolve() != path.resolve():
+            raise ValueError(
+                f"{by_name[path.name]} and {path} would both give the mask {path.name}: "
+                "segment them into different output folders"
+            )
+        by_name[path.name] = path
+    return list(by_name.values())
+
+
+def is_ctc_sequence(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is a CTC sequence: its TIFF files are all frames ``t000.tif`` ..."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    names = [p.name for p in folder.iterdir() if _is_tiff(p) and not p.name.startswith(".")]
+    return bool(names) and all(ctc.FRAME_PATTERN.match(name) for name in names)
+
+
+def segment_images(
+    inputs: Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    model_dir: str | os.PathLike,
+    inference: InferenceSettings | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Segment TIFF files (2D images or 3D stacks, any names) into masks of the same names.
+
+    ``inputs`` are files and folders (see :func:`image_files`); ``OUT_DIR/<name>`` receives the
+    uint16 instance mask of each, as Cellpose and StarDist users expect. Images may differ in
+    size and dimensionality. Finished masks are kept as :func:`segment_sequence` keeps them
+    (unless ``overwrite``). Returns a summary: names written and skipped, the backend and
+    precision of each network, seconds per stage.
+    """
+    files = image_files(inputs)
+    out_dir = Path(out_dir)
+    model_dir = Path(model_dir)
+    inference = replace(inference or InferenceSettings(), **overrides)
+    for path in files:
+        if (out_dir / path.name).resolve() == path.resolve():
+            raise ValueError(f"{path}: its mask would overwrite it; choose another output folder")
+    shapes = {path: _grey_image_shape(path) for path in files}
+    pipeline = read_pipeline_settings(model_dir)
+    _remove_temporaries(out_dir, "*")
+    models, ran_with = _made_with(model_dir, pipeline, inference)
+    records = {path: mask_record(path, models, ran_with) for path in files}
+    todo = [
+        path
+        for path in files
+        if overwrite or not is_finished(out_dir / path.name, records[path], shapes[path])
+    ]
+    summary: dict[str, Any] = {
+        "results": str(out_dir),
+        "written": [p.name for p in todo],
+        "skipped": [p.name for p in files if p not in todo],
+    }
+    if not todo:
+        log.info("%s: all %d masks exist already", out_dir, len(files))
+        return summary
+    segmenter = Segmenter(model_dir, inference)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in frame_progress(todo, progress, desc="images"):
+        with segmenter._timed("read"):
+            image = ctc.read_image(path)
+        labels = segmenter.segment(image)
+        with segmenter._timed("write"):
+            record = {**records[path], "pixels": pixels_digest(labels)}
+            ctc.write_labels(out_dir / path.name, labels, {RECORD_KEY: record})
+        log.debug("%s: %d objects", path.name, int(labels.max()))
+    summary["inference"] = segmenter.ran_with
+    summary["seconds"] = {k: round(v, 3) for k, v in segmenter.timings.items()}
+    log.info("%s: wrote %d masks (%s)", out_dir, len(todo), summary["seconds"])
+    return summary
+
+
+def _is_tiff(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _grey_image_shape(path: Path) -> tuple[int, ...]:
+    """Shape of a one-channel 2D image or 3D stack, or an error saying what else it holds."""
+    shape, axes = ctc.tiff_shape(path), ctc.tiff_axes(path)
+    if "S" in axes or len(shape) not in (2, 3):
+        raise ValueError(
+            f"{path}: holds {'colour samples (RGB), ' if 'S' in axes else ''}axes {axes} of "
+            f"shape {shape}; the networks read one channel of one 2D image (Y, X) or 3D stack "
+            "(Z, Y, X) per file: save each channel or time point as its own TIFF"
+        )
+    if set(axes) & {"C", "T"}:
+        log.warning("%s: axes %s read as a 3D stack (Z, Y, X) %s", path, axes, shape)
+    return shape
+
+
 def network_path(model_dir: str | os.PathLike, task: str) -> Path:
     """The ``.keras`` file of one network of a model folder, or an error saying it is missing."""
     path = Path(model_dir) / MODEL_FILES[task]
@@ -261,7 +375,8 @@ def model_fingerprint(model_dir: str | os.PathLike, networks: Iterable[str]) -> 
 def mask_record(
     frame_path: Path, models: str, ran_with: dict[str, dict[str, str]]
 ) -> dict[str, Any]:
-    """What the mask of a frame is made from: the frame file, the models, the inference."""
+    """What the mask of a frame is made from: the frame file, the models, the inference, the
+    version of the prediction code."""
     with frame_path.open("rb") as fh:
         frame_digest = hashlib.file_digest(fh, "sha256").hexdigest()
     return {
@@ -269,6 +384,7 @@ def mask_record(
                   "sha256": frame_digest},
         "models": models,
         "inference": ran_with,
+        "code_version": CODE_VERSIONS["prediction"],
     }  # fmt: skip
 
 
@@ -282,26 +398,52 @@ def finished_masks(
 ) -> set[int]:
     """Frames (of ``records``) whose mask reads back whole, with the frame's shape, and was made
     from what ``records`` says (the same frame file, models and inference)."""
-    finished = set()
-    for frame, expected in records.items():
-        mask = result_dir / ctc.mask_name(frame, seq.digits)
-        if not mask.is_file():
-            continue
-        try:
-            stored = ctc.tiff_metadata(mask).get(RECORD_KEY) or {}
-            labels = ctc.read_labels(mask, seq.frame_shape)
-        except ctc.CTCFormatError as exc:
-            log.warning("%s: segmenting frame %d again (%s)", mask, frame, exc)
-            continue
-        made_from = {k: v for k, v in stored.items() if k != "pixels"}
-        if made_from != expected:
-            changed = sorted(k for k in expected if stored.get(k) != expected[k])
-            log.info("%s was made from another %s: segmenting again", mask, "/".join(changed))
-        elif stored.get("pixels") != pixels_digest(labels):
-            log.warning("%s does not read back as written: segmenting again", mask)
-        else:
-            finished.add(frame)
-    return finished
+    return {
+        frame
+        for frame, expected in records.items()
+        if is_finished(result_dir / ctc.mask_name(frame, seq.digits), expected, seq.frame_shape)
+    }
+
+
+def is_finished(mask: Path, expected: dict[str, Any], shape: tuple[int, ...]) -> bool:
+    """Whether ``mask`` reads back whole, has ``shape`` and was made from what ``expected``
+    (a :func:`mask_record`) says; logs why not when it exists."""
+    if not mask.is_file():
+        return False
+    try:
+        stored = ctc.tiff_metadata(mask).get(RECORD_KEY) or {}
+        labels = ctc.read_labels(mask, shape)
+    except ctc.CTCFormatError as exc:
+        log.warning("%s: segmenting again (%s)", mask, exc)
+        return False
+    made_from = {k: v for k, v in stored.items() if k != "pixels"}
+    if made_from != expected:
+        changed = sorted(k for k in expected if stored.get(k) != expected[k])
+        log.info("%s was made from another %s: segmenting again", mask, "/".join(changed))
+        return False
+    if stored.get("pixels") != pixels_digest(labels):
+        log.warning("%s does not read back as written: segmenting again", mask)
+        return False
+    return True
+
+
+def _made_with(
+    model_dir: Path, pipeline: PipelineSettings, inference: InferenceSettings
+) -> tuple[str, dict[str, dict[str, str]]]:
+    """Fingerprint of a model folder and the backend/precision each network will run with
+    (cheap: nothing is loaded)."""
+    ran_with = {
+        task: _ran_with(*resolve_inference(network_path(model_dir, task), inference.backend,
+                                           inference.precision))
+        for task in pipeline.networks
+    }  # fmt: skip
+    return model_fingerprint(model_dir, pipeline.networks), ran_with
+
+
+def _remove_temporaries(folder: Path, name_pattern: str) -> None:
+    for tmp in temporaries(folder, name_pattern):
+        log.info("removing %s, left by an interrupted run", tmp)
+        remove(tmp)
 
 
 def _ran_with(backend: str, precision: str) -> dict[str, str]:

@@ -49,6 +49,7 @@ from .training_data import (
     select_training_set,
     validation_split,
 )
+from .versions import CODE_VERSIONS
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ def _finished_network(
         metadata.get("model_config") == model_config.to_dict()
         and metadata.get("training") == settings.to_dict()
         and metadata.get("trained_on_sequences") == list(sequences)
+        and metadata.get("code_version") == CODE_VERSIONS["training"]
     )
     if same:
         log.info("%s is trained with these settings already: kept", outputs.model)
@@ -259,13 +261,14 @@ def train(
             f"training produced no model in {checkpoints.best_model}; see {checkpoints.log_csv}"
         )
     best_model = load_model(checkpoints.best_model)
-    best = max(history, key=lambda row: row.get(MONITOR, -math.inf))
+    best = best_row(history)
     metadata = {
         "task": settings.task,
         "model_config": model_config.to_dict(),
         "encoder_initialisation": encoder.to_dict(),
         "parameters": parameter_counts(best_model, model_config),
         "training": settings.to_dict(),
+        "code_version": CODE_VERSIONS["training"],
         "best_epoch": int(best["epoch"]),
         "best_val_iou": float(best.get(MONITOR, math.nan)),
         "epochs_run": len(history),
@@ -278,7 +281,12 @@ def train(
     save_model(best_model, outputs.model, metadata)
     outputs.log_csv.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(checkpoints.log_csv, outputs.log_csv)
-    plot_training_curve(outputs.log_csv, outputs.curve_png, title=f"{settings.task} model")
+    plot_training_curve(
+        outputs.log_csv,
+        outputs.curve_png,
+        best_epoch=metadata["best_epoch"],
+        title=f"{settings.task} model",
+    )
     shutil.rmtree(checkpoints.folder, ignore_errors=True)
     log.info(
         "saved %s (best %s %.4f at epoch %d of %d)",
@@ -508,8 +516,9 @@ class _Schedule:
 def _fingerprint(model_config: ModelConfig, settings: TrainingSettings, data) -> str:
     """Identity of a run: settings (the epoch budget aside), model and the training slices."""
     values = {**settings.to_dict(), "epochs": None}
+    code = CODE_VERSIONS["training"]
     digest = hashlib.sha256(
-        json.dumps([model_config.to_dict(), values], sort_keys=True, default=str).encode()
+        json.dumps([model_config.to_dict(), values, code], sort_keys=True, default=str).encode()
     )
     for name in ("sequences", "frames", "slices", "sources"):
         digest.update(np.ascontiguousarray(getattr(data, name)).astype(str).tobytes())
@@ -616,14 +625,34 @@ def read_training_log(path: str | Path) -> list[dict[str, float]]:
     return [rows[e] for e in sorted(rows)]
 
 
-def plot_training_curve(log_csv: str | Path, png: str | Path, *, title: str = "") -> None:
-    """Loss and IoU per epoch, training and validation, with the best epoch marked."""
+def best_row(history: list[dict[str, float]]) -> dict[str, float]:
+    """The log row of the epoch whose model is kept (highest validation IoU, first on ties)."""
+    return max(history, key=lambda row: row.get(MONITOR, -math.inf))
+
+
+def plot_training_curve(
+    log_csv: str | Path, png: str | Path, *, best_epoch: int | None = None, title: str = ""
+) -> None:
+    """Loss and IoU per epoch, training and validation, with the kept model's epoch marked.
+
+    ``best_epoch`` is the model metadata's (counted from 0, as the CSV log's ``epoch``); the
+    plot counts epochs from 1, as the training log lines do, and its legend names both.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    history = read_training_log(log_csv)
+    fig = training_curve_figure(read_training_log(log_csv), best_epoch, title)
+    Path(png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def training_curve_figure(history: list[dict[str, float]], best_epoch: int | None, title: str):
+    """The matplotlib figure of :func:`plot_training_curve`."""
+    import matplotlib.pyplot as plt
+
     fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     if history:
         epochs = [row["epoch"] + 1 for row in history]
@@ -631,14 +660,13 @@ def plot_training_curve(log_csv: str | Path, png: str | Path, *, title: str = ""
             ax_loss.plot(epochs, [r.get(key, np.nan) for r in history], style, label=key)
         for key, style in (("iou", "-"), ("val_iou", "--")):
             ax_iou.plot(epochs, [r.get(key, np.nan) for r in history], style, label=key)
-        best = max(history, key=lambda r: r.get(MONITOR, -1))
-        ax_iou.axvline(best["epoch"] + 1, color="grey", lw=0.8, label="best model")
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_iou.set(xlabel="epoch", ylabel="IoU (threshold 0.5)", title="IoU", ylim=(0, 1))
+        best = int(best_row(history)["epoch"]) if best_epoch is None else best_epoch
+        label = f"kept model: epoch {best + 1} of {len(history)} (best_epoch {best} in its JSON)"
+        ax_iou.axvline(best + 1, color="grey", lw=0.8, label=label)
+    ax_loss.set(xlabel="epoch (from 1)", ylabel="loss", title="loss")
+    ax_iou.set(xlabel="epoch (from 1)", ylabel="IoU (threshold 0.5)", title="IoU", ylim=(0, 1))
     for ax in (ax_loss, ax_iou):
-        ax.legend()
+        ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    Path(png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
+    return fig
