@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 def test_train_then_predict(synthetic_dataset: Path, tmp_path: Path, capsys) -> None:
     models = tmp_path / "models"
-    args = ["train", str(synthetic_dataset), str(models), "--sequences", "02", "--model", "tiny",
+    args = ["train", "--sequences", "02", str(synthetic_dataset), str(models), "--model", "tiny",
             "--training-set", "GT", "--kind", "distance", "--epochs", "1"]  # fmt: skip
     assert main(args) == 0
     assert "segmentation: best val IoU" in capsys.readouterr().out

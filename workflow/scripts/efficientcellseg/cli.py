@@ -288,7 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("dataset_dir", type=Path, help="CTC dataset folder, e.g. resources/ctc/Fluo-X")
     p.add_argument("model_dir", type=Path, help="model folder to write")
-    p.add_argument("--sequences", nargs="+", help="sequences to learn from (default: all)")
+    p.add_argument(
+        "--sequences",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        action="extend",
+        metavar="SEQ[,SEQ...]",
+        help="sequences to learn from, e.g. 01,02 (default: all)",
+    )
     p.add_argument("--config", type=Path, help="a workflow config file, e.g. config/config.yaml")
     p.add_argument("--dataset", help="the dataset entry of --config whose settings to use")
     p.add_argument("--model", help=f"preset ({', '.join(PRESET_NAMES)}) or a settings file")
