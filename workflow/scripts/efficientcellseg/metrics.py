@@ -34,7 +34,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
 from . import ctc
 from .files import atomic_write_bytes
@@ -251,6 +250,8 @@ def validate_results(
     """
     result_dir = Path(result_dir)
     digits = seq.digits if digits is None else digits
+    if result_dir.exists() and not result_dir.is_dir():
+        raise ResultsError(result_dir, [f"{result_dir} is a file: give the folder of the masks"])
     if not result_dir.is_dir():
         raise ResultsError(result_dir, [f"{result_dir}: result folder does not exist"])
     found: dict[int, list[str]] = defaultdict(list)
@@ -318,19 +319,21 @@ def evaluate_sequence(
     by_frame: dict[int, list[ctc.SegAnnotation]] = defaultdict(list)
     for ann in annotations:
         by_frame[ann.frame].append(ann)
-    frames = sorted(set(by_frame) | set(seq.tra_markers))
+    markers = ctc.marker_frames(seq)
+    frames = sorted(set(by_frame) | set(markers))
 
     objects: list[ObjectMatch] = []
-    det_total = DetCounts(0, 0, 0, 0) if seq.tra_markers else None
+    det_total = DetCounts(0, 0, 0, 0) if markers else None
     for frame in frame_progress(frames, progress, f"evaluate {seq.name}"):
         result = ctc.read_labels(result_dir / ctc.mask_name(frame, digits), seq.frame_shape)
         for ann in by_frame.get(frame, []):
             ref = ctc.read_annotation(ann, seq.frame_shape)
             res = result if ann.slice is None else result[ann.slice]
             objects.extend(seg_frame(ref, res, frame=frame, slice=ann.slice))
-        if frame in seq.tra_markers:
-            markers = ctc.read_labels(seq.tra_markers[frame], seq.frame_shape)
-            det_total = det_total + det_frame(markers, result)
+        if frame in markers:
+            det_total = det_total + det_frame(
+                ctc.read_labels(markers[frame], seq.frame_shape), result
+            )
         del result
 
     if not objects:
@@ -343,7 +346,7 @@ def evaluate_sequence(
     if det_total is not None:
         if det_total.markers == 0:
             raise ctc.CTCFormatError(
-                f"{seq.tra_markers[min(seq.tra_markers)].parent}: the marker files hold no "
+                f"{markers[min(markers)].parent}: the marker files hold no "
                 "markers; DET is undefined"
             )
         det_total = replace(det_total, penalise_fp=det_penalise_fp)
@@ -452,13 +455,9 @@ def _flat_labels(labels: np.ndarray, what: str) -> np.ndarray:
 
 def _mask_header_problems(path: Path, frame_shape: tuple[int, ...]) -> list[str]:
     try:
-        shape = ctc.tiff_shape(path)
-        with tifffile.TiffFile(path) as tif:
-            dtype = np.dtype(tif.series[0].dtype)
+        shape, dtype, _ = ctc.tiff_header(path)
     except ctc.CTCFormatError as exc:
         return [f"{path.name}: {str(exc).removeprefix(f'{path}: ')}"]
-    except Exception as exc:  # a header tifffile cannot parse
-        return [f"{path.name}: not a readable TIFF file ({exc})"]
     problems = []
     if dtype != np.uint16:
         problems.append(f"{path.name}: stored as {dtype}, the CTC requires uint16")

@@ -31,6 +31,18 @@ class WeightsNotFoundError(FileNotFoundError):
     """Requested encoder weights are not available offline."""
 
 
+class ModelFileError(RuntimeError):
+    """A network file exists but cannot be loaded (damaged, or not a network); the message
+    names it and says what to do."""
+
+    def __init__(self, path: str | os.PathLike, runtime: str, exc: BaseException) -> None:
+        detail = " ".join(str(exc).split())[:200]
+        super().__init__(
+            f"{path}: {runtime} cannot load this network, the file is damaged or not a network "
+            f"({type(exc).__name__}: {detail}); train the model again, or copy the file again"
+        )
+
+
 # --- building -------------------------------------------------------------------------------
 
 
@@ -223,4 +235,7 @@ def load_model(path: str | os.PathLike):
         raise FileNotFoundError(f"{path}: model file does not exist")
     from . import keras_parts  # noqa: F401 - registers the custom layers
 
-    return keras.models.load_model(path, compile=False)
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras says "File not found" for a damaged zip
+        raise ModelFileError(path, "Keras", exc) from exc

@@ -229,7 +229,13 @@ def resolve_model(spec: str | os.PathLike | dict | ModelConfig) -> ModelConfig:
         )
     import yaml
 
-    return resolve_model(yaml.safe_load(path.read_text()))
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(values, dict):
+        raise SettingsError(f"{path}: expected a mapping of model settings (key: value lines)")
+    return resolve_model(values)
 
 
 # --- training -------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import shutil
-import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +80,12 @@ def requirements_text() -> str:
 def _copy_code(target: Path) -> None:
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(PACKAGE_DIR, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        PACKAGE_DIR,
+        target,
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        copy_function=shutil.copyfile,  # new files get the umask's mode, not the source's
+    )
 
 
 def _copy_models(source: Path, target: Path) -> dict[str, int]:
@@ -90,14 +94,14 @@ def _copy_models(source: Path, target: Path) -> dict[str, int]:
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
-    shutil.copy2(source / "pipeline.json", target / "pipeline.json")
+    shutil.copyfile(source / "pipeline.json", target / "pipeline.json")
     parameters = {}
     for task in settings.networks:
         model = source / MODEL_FILES[task]
         for path in (model, model.with_suffix(".json"), model.with_suffix(".onnx")):
             if not path.is_file():
                 raise FileNotFoundError(f"{path} missing: train the models first")
-            shutil.copy2(path, target / path.name)
+            shutil.copyfile(path, target / path.name)  # the umask's mode, not the source's
         parameters[task] = read_metadata(model)["parameters"]["total"]
     return parameters
 
@@ -116,7 +120,8 @@ def _write_script(out_dir: Path, dataset: SubmissionDataset, sequence: str, para
     for placeholder, value in fields.items():
         text = text.replace(placeholder, value)
     path.write_text(text)
-    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    mode = path.stat().st_mode
+    path.chmod(mode | (mode & 0o444) >> 2)  # executable by whoever may read it
     return path
 
 

@@ -91,6 +91,7 @@ def train_model_folder(
     from .segment import write_pipeline_settings
 
     dataset_dir, model_dir = Path(dataset_dir), Path(model_dir)
+    ctc.check_output(model_dir, inputs=[dataset_dir], folder=True)
     sequences = sequences or ctc.discover_sequences(dataset_dir)
     cache = model_dir / ".slices"
     slice_files = []
@@ -256,8 +257,8 @@ def train(
         **(description or {}),
     }
     save_model(best_model, outputs.model, metadata)
-    outputs.log_csv.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(checkpoints.log_csv, outputs.log_csv)
+    with atomic_output(outputs.log_csv) as tmp:
+        shutil.copyfile(checkpoints.log_csv, tmp)
     plot_training_curve(outputs.log_csv, outputs.curve_png, title=f"{settings.task} model")
     shutil.rmtree(checkpoints.folder, ignore_errors=True)
     log.info(
@@ -617,6 +618,6 @@ def plot_training_curve(log_csv: str | Path, png: str | Path, *, title: str = ""
         ax.legend()
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    Path(png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=100)
+    with atomic_output(png) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
