@@ -2,9 +2,10 @@
 
 Each served path has a :class:`Route` that says how the server behaves: honour or ignore Range
 requests (and If-Range), cut the connection after some bytes, answer error statuses first (with
-a Retry-After header), send an ETag or Last-Modified date, or omit the Content-Length. Every request is recorded, so tests can assert what the client asked for.
-The server listens on a free port and runs in a thread of the test process; use it as a
-context manager so that it is always stopped.
+a Retry-After header), send an ETag or Last-Modified date, or omit the Content-Length. Every
+request is recorded, so tests can assert what the client asked for. The server listens on a
+free port and runs in a thread of the test process; use it as a context manager so that it is
+always stopped.
 """
 
 from __future__ import annotations
@@ -101,10 +102,9 @@ def _handler_for(server: FileServer) -> type[BaseHTTPRequestHandler]:
             start, end = 0, size - 1
             match = RANGE.match(self.headers.get("Range", ""))
             if_range = self.headers.get("If-Range")
-            if if_range is not None and route.honour_if_range:
-                # RFC 9110: serve the range only if the validator names the current file
-                if if_range not in {route.etag, route.last_modified} - {None}:
-                    match = None
+            current = {route.etag, route.last_modified} - {None}
+            if if_range is not None and route.honour_if_range and if_range not in current:
+                match = None  # RFC 9110: a range only of the file the validator names
             if route.honour_range and match:
                 start = int(match.group(1))
                 end = min(int(match.group(2) or size - 1), size - 1)

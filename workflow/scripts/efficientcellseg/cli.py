@@ -79,7 +79,7 @@ def _input_file(path: Path, what: str) -> Path:
     if path.is_dir():
         raise UsageError(f"{path} is a folder: give the {what} file")
     if not path.is_file():
-        raise UsageError(f"{path}: no such file (the {what})")
+        raise UsageError(f"{path}: no such file (give the {what} file)")
     return path
 
 
@@ -87,7 +87,7 @@ def _input_folder(path: Path, what: str) -> Path:
     if path.exists() and not path.is_dir():
         raise UsageError(f"{path} is a file: give the {what} folder")
     if not path.is_dir():
-        raise UsageError(f"{path}: no such folder (the {what})")
+        raise UsageError(f"{path}: no such folder (give the {what} folder)")
     return path
 
 
@@ -422,7 +422,8 @@ def _dataset_for_training(args: argparse.Namespace):
         entry["training"] = {**entry.get("training", {}), "epochs": args.epochs}
     name = args.dataset or "dataset"
     merged = {**config, "datasets": {name: entry}, "submission": []}
-    return workflow_settings(merged).datasets[name]
+    source = str(args.config) if args.config else "the settings of the command line"
+    return workflow_settings(merged, source).datasets[name]
 
 
 def _report_written(summary: dict) -> None:

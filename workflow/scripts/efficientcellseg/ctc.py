@@ -16,6 +16,7 @@ that bad input never surfaces as a traceback from deep inside NumPy.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -174,7 +175,7 @@ def tiff_header(path: str | os.PathLike) -> TiffHeader:
     The image layout is checked as :func:`read_image` checks it.
     """
     path = Path(path)
-    with _open_tiff(path) as tif:
+    with _tifffile_errors(path), _open_tiff(path) as tif:
         shape, dtype, _ = _grey_layout(tif, path)
         shaped = tif.shaped_metadata
     return TiffHeader(shape, dtype, dict(shaped[0]) if shaped else {})
@@ -199,7 +200,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     :class:`CTCFormatError` saying what the file holds.
     """
     path = Path(path)
-    with _open_tiff(path) as tif:
+    with _tifffile_errors(path), _open_tiff(path) as tif:
         shape, _, series = _grey_layout(tif, path)
         try:
             if len(series) == 1:
@@ -211,6 +212,25 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
                 f"{path}: damaged TIFF file, its pixels cannot be read ({exc})"
             ) from exc
     return image.reshape(shape)
+
+
+@contextlib.contextmanager
+def _tifffile_errors(path: Path) -> Iterator[None]:
+    """Turn the errors tifffile logs and reads on past (a broken chain of pages, which would
+    shorten a stack) into :class:`CTCFormatError`, instead of log lines beside the result."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = records.append
+    logger = logging.getLogger("tifffile")
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+    if records:
+        raise CTCFormatError(f"{path}: damaged TIFF file ({records[0].getMessage()})")
 
 
 def _open_tiff(path: Path) -> tifffile.TiffFile:

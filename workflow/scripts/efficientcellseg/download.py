@@ -157,7 +157,6 @@ def download_file(
         raise ValueError(f"retries must be 0 or more, not {retries}")
     dest = Path(dest)
     part = partial_path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     own_session = session is None
     session = session or requests.Session()
     log.info("downloading %s to %s", url, dest)
@@ -306,6 +305,7 @@ def _receive(
             "the file on the server changed or the expected size is wrong",
             url=url,
         )
+    part.parent.mkdir(parents=True, exist_ok=True)  # only now: a 404 leaves no folder behind
     if (size := total if total is not None else expected_size) is not None:
         require_free_space(part.parent, size - offset, f"downloading {url}")
     if not offset:

@@ -57,11 +57,13 @@ class ResultsError(ctc.CTCFormatError):
     def __init__(self, result_dir: str | os.PathLike, problems: list[str]) -> None:
         self.result_dir = Path(result_dir)
         self.problems = tuple(problems)
-        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
-        super().__init__(
-            f"{self.result_dir}: not a valid CTC result folder ({count}):\n"
-            + "\n".join(f"  {p}" for p in problems)
-        )
+        title = f"{self.result_dir}: not a valid CTC result folder"
+        if len(problems) == 1:
+            super().__init__(f"{title}: {problems[0]}")
+        else:
+            super().__init__(
+                f"{title} ({len(problems)} problems):\n" + "\n".join(f"  {p}" for p in problems)
+            )
 
 
 @dataclass(frozen=True)
