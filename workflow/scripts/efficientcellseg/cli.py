@@ -375,8 +375,8 @@ def _predict(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     from .training import train_model_folder
 
-    _input_folder(args.dataset_dir, "dataset")
     dataset = _dataset_for_training(args)
+    _input_folder(args.dataset_dir, "dataset")
     summary = train_model_folder(
         args.dataset_dir, args.model_dir, dataset, sequences=args.sequences
     )

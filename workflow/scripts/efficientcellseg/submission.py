@@ -78,14 +78,19 @@ def requirements_text() -> str:
 
 
 def _copy_code(target: Path) -> None:
+    """Copy the library; files and folders are made anew, so they get the umask's mode (as
+    the rest of the submission), not the mode of the checkout they come from."""
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(
-        PACKAGE_DIR,
-        target,
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-        copy_function=shutil.copyfile,  # new files get the umask's mode, not the source's
-    )
+    target.mkdir(parents=True)
+    for source in sorted(PACKAGE_DIR.rglob("*")):
+        if "__pycache__" in source.parts or source.suffix == ".pyc":
+            continue
+        copy = target / source.relative_to(PACKAGE_DIR)
+        if source.is_dir():
+            copy.mkdir()
+        else:
+            shutil.copyfile(source, copy)
 
 
 def _copy_models(source: Path, target: Path) -> dict[str, int]:
