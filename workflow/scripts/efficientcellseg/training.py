@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from . import ctc
-from .files import atomic_output
+from .files import atomic_output, atomic_write_text
 from .model import build_model, load_model, parameter_counts, read_metadata, save_model
 from .settings import DatasetSettings, ModelConfig, TrainingSettings
 from .training_data import (
@@ -85,15 +85,22 @@ def train_model_folder(
 
     The pseudocolored slices of each sequence are kept in ``MODEL_DIR/.slices`` until every
     network is trained, and each network resumes from its checkpoint, so running the same
-    command again after an interruption continues where it stopped. Returns the metadata of
-    each network.
+    command again after an interruption continues where it stopped. A network is kept only
+    if it was trained with the same settings on the same files (frames and annotations, by
+    SHA-256), so training another dataset into the same folder trains again. Returns the
+    metadata of each network.
     """
     from .segment import write_pipeline_settings
 
     dataset_dir, model_dir = Path(dataset_dir), Path(model_dir)
     ctc.check_output(model_dir, inputs=[dataset_dir], folder=True)
     sequences = sequences or ctc.discover_sequences(dataset_dir)
-    cache = model_dir / ".slices"
+    sources = training_sources(dataset_dir, sequences)
+    cache, stamp = model_dir / ".slices", model_dir / ".slices" / "sources"
+    if cache.exists() and not (stamp.is_file() and stamp.read_text() == sources):
+        shutil.rmtree(cache)  # slices of other files
+    if not cache.exists():
+        atomic_write_text(stamp, sources)
     slice_files = []
     for sequence in sequences:
         path = cache / f"{sequence}.npz"
@@ -104,13 +111,17 @@ def train_model_folder(
     for task in dataset.networks:
         outputs = TrainingOutputs.in_folder(model_dir, task)
         settings = dataset.training_settings(task)
-        done = _finished_network(outputs, dataset.model, settings, sequences)
+        done = _finished_network(outputs, dataset.model, settings, sequences, sources)
         metadata[task] = done or train_network(
             slice_files,
             outputs,
             dataset.model,
             settings,
-            description={"dataset": dataset.name, "trained_on_sequences": list(sequences)},
+            description={
+                "dataset": dataset.name,
+                "trained_on_sequences": list(sequences),
+                "training_sources": sources,
+            },
             threads=threads,
         )
     write_pipeline_settings(model_dir, dataset.pipeline)
@@ -118,10 +129,29 @@ def train_model_folder(
     return metadata
 
 
+def training_sources(dataset_dir: str | Path, sequences: list[str]) -> str:
+    """SHA-256 over the files the training slices of ``sequences`` come from: every annotation
+    (GT and ST) and the frames it annotates."""
+    digest = hashlib.sha256()
+    for sequence in sequences:
+        seq = ctc.open_sequence(dataset_dir, sequence)
+        annotations = [*seq.gt_seg, *seq.st_seg]
+        frames = sorted({ann.frame for ann in annotations})
+        for path in [*(seq.frames[f] for f in frames), *(ann.path for ann in annotations)]:
+            digest.update(f"{sequence}/{path.parent.name}/{path.name}".encode() + b"\0")
+            with path.open("rb") as fh:
+                digest.update(hashlib.file_digest(fh, "sha256").digest())
+    return digest.hexdigest()
+
+
 def _finished_network(
-    outputs: TrainingOutputs, model_config: ModelConfig, settings: TrainingSettings, sequences
+    outputs: TrainingOutputs,
+    model_config: ModelConfig,
+    settings: TrainingSettings,
+    sequences,
+    sources: str,
 ) -> dict[str, Any] | None:
-    """The metadata of a network already trained with these settings on these sequences."""
+    """The metadata of a network already trained with these settings on these files."""
     if not (outputs.model.is_file() and outputs.model.with_suffix(".onnx").is_file()):
         return None
     try:
@@ -132,6 +162,7 @@ def _finished_network(
         metadata.get("model_config") == model_config.to_dict()
         and metadata.get("training") == settings.to_dict()
         and metadata.get("trained_on_sequences") == list(sequences)
+        and metadata.get("training_sources") == sources
     )
     if same:
         log.info("%s is trained with these settings already: kept", outputs.model)
