@@ -350,8 +350,10 @@ def test_new_dataset_is_all_or_nothing(tmp_path: Path) -> None:
         ctc.write_tiff(folder / "01" / "t000.tif", np.zeros((4, 4), np.uint8))
         raise RuntimeError("killed half-way")
     assert list(tmp_path.iterdir()) == []
+    (tmp_path / ".DS.1234abcd.part").mkdir()  # as a killed run leaves it
     with ctc.new_dataset(out) as folder:
         ctc.write_tiff(folder / "01" / "t000.tif", np.zeros((4, 4), np.uint8))
     assert ctc.discover_sequences(out) == ["01"]
+    assert [p.name for p in tmp_path.iterdir()] == ["DS"]
     with pytest.raises(ctc.OutputPathError, match="exists and is not empty"), ctc.new_dataset(out):
         pass

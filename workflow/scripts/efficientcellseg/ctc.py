@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 import tifffile
 
-from .files import atomic_output, atomic_write_text
+from .files import atomic_output, atomic_write_text, remove, temporaries
 
 FRAME_PATTERN = re.compile(r"^t(\d{3,4})\.tiff?$")
 MASK_PATTERN = re.compile(r"^mask(\d{3,4})\.tiff?$")
@@ -442,6 +442,8 @@ def new_dataset(out_dir: str | os.PathLike) -> Iterator[Path]:
     succeeds, so an interrupted run leaves no half-written dataset. ``out_dir`` must not exist
     yet or be empty: a dataset is never written over another one."""
     out_dir = check_new_dataset(out_dir)
+    for stale in temporaries(out_dir.parent, out_dir.name):  # left by a killed run
+        remove(stale)
     with atomic_output(out_dir) as tmp:
         tmp.mkdir()
         yield tmp
