@@ -318,7 +318,7 @@ def test_marker_frames_outside_the_sequence_are_errors(dataset: Path) -> None:
         ctc.marker_frames(ctc.open_sequence(dataset, "01"))
 
 
-# -- outputs never replace inputs nor go into raw image folders --
+# -- outputs never replace inputs nor go into a dataset's frame or annotation folders --
 
 
 def test_check_output(dataset: Path, tmp_path: Path) -> None:
@@ -330,18 +330,23 @@ def test_check_output(dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(ctc.OutputPathError, match="is the input"):
         ctc.check_output(link, inputs=[frame])
     for path in (dataset / "01" / "new.tif", dataset / "01" / "sub" / "deeper" / "x.tif"):
-        with pytest.raises(ctc.OutputPathError, match=r"a raw image folder of a CTC dataset"):
+        with pytest.raises(ctc.OutputPathError, match=r"a folder of a CTC dataset's frames"):
             ctc.check_output(path)
-    with pytest.raises(ctc.OutputPathError, match="raw image folder"):
+    with pytest.raises(ctc.OutputPathError, match="frames or annotations"):
         ctc.check_output(dataset / "01", folder=True)
+    with pytest.raises(ctc.OutputPathError, match=re.escape(f"is in {dataset / '01_GT'}")):
+        ctc.check_output(dataset / "01_GT" / "SEG" / "man_seg000.tif")
+    (dataset / "02_RES").mkdir()
     with pytest.raises(ctc.OutputPathError, match="is a folder: give the name of the file"):
-        ctc.check_output(dataset / "01_GT")
+        ctc.check_output(dataset / "02_RES")
     with pytest.raises(ctc.OutputPathError, match="is a file, not a folder"):
         ctc.check_output(frame, folder=True)
     assert ctc.check_output(dataset / "01_RES", folder=True) == dataset / "01_RES"
-    assert ctc.check_output(dataset / "01_GT" / "x.tif") == dataset / "01_GT" / "x.tif"
-    assert ctc.raw_image_folder(dataset / "02" / "a" / "b") == (dataset / "02").resolve()
-    assert ctc.raw_image_folder(dataset / "01_GT" / "SEG") is None
+    assert ctc.check_output(dataset / "results.tif") == dataset / "results.tif"
+    assert ctc.dataset_input_folder(dataset / "02" / "a" / "b") == (dataset / "02").resolve()
+    assert ctc.dataset_input_folder(dataset / "02_GT" / "SEG") == (dataset / "02_GT").resolve()
+    assert ctc.dataset_input_folder(dataset / "01_RES") is None
+    assert ctc.dataset_input_folder(dataset / "07_GT") is None  # no sequence 07 beside it
 
 
 def test_new_dataset_is_all_or_nothing(tmp_path: Path) -> None:

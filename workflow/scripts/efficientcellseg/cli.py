@@ -6,8 +6,8 @@ that do not need TensorFlow start fast.
 Errors end in one line naming the file or setting at fault and what to do, never a traceback,
 with the conventional exit codes: 2 when the command line is wrong (an unknown option, a value
 out of range, a path argument that does not exist or is of the wrong kind, an output that would
-overwrite an input or go into a dataset's raw image folder), 1 when the command fails while it
-runs (damaged or inconsistent files, a failed download, a full disk).
+overwrite an input or go into a dataset's frame or annotation folders), 1 when the command
+fails while it runs (damaged or inconsistent files, a failed download, a full disk).
 """
 
 from __future__ import annotations

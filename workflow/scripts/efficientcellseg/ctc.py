@@ -35,6 +35,7 @@ SEG_FULL_PATTERN = re.compile(r"^man_seg(\d{3,4})\.tiff?$")
 SEG_SLICE_PATTERN = re.compile(r"^man_seg_(\d{3,4})_(\d{3,4})\.tiff?$")
 TRA_PATTERN = re.compile(r"^man_track(\d{3,4})\.tiff?$")
 SEQUENCE_PATTERN = re.compile(r"^\d{2}$")
+ANNOTATION_FOLDER_PATTERN = re.compile(r"^(\d{2})_(?:GT|ST)$")
 MAX_LABEL = np.iinfo(np.uint16).max
 
 
@@ -43,8 +44,9 @@ class CTCFormatError(ValueError):
 
 
 class OutputPathError(ValueError):
-    """An output path that would overwrite an input, write into a dataset's raw image folder,
-    or is a file where a folder is needed (or the reverse); the message names it."""
+    """An output path that would overwrite an input, write into the frame or annotation folders
+    of a CTC dataset, or is a file where a folder is needed (or the reverse); the message names
+    it."""
 
 
 @dataclass(frozen=True)
@@ -417,8 +419,8 @@ def check_output(
     path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = (), folder: bool = False
 ) -> Path:
     """``path`` if it may receive an output (a ``folder``, else a file), else
-    :class:`OutputPathError`: no output may replace one of ``inputs`` or go into a raw image
-    folder of a CTC dataset, whose frames are the data everything else is made from."""
+    :class:`OutputPathError`: no output may replace one of ``inputs`` or go into the frame or
+    annotation folders of a CTC dataset, the data everything else is made from."""
     path = Path(path)
     if folder and path.exists() and not path.is_dir():
         raise OutputPathError(f"{path} is a file, not a folder: give a folder for the output")
@@ -427,11 +429,11 @@ def check_output(
     for source in inputs:
         if _same_path(path, Path(source)):
             raise OutputPathError(f"{path} is the input {source}: write the output somewhere else")
-    raw = raw_image_folder(path if folder else path.parent)
-    if raw is not None:
+    protected = dataset_input_folder(path if folder else path.parent)
+    if protected is not None:
         raise OutputPathError(
-            f"{path} is in {raw}, a raw image folder of a CTC dataset: nothing is written "
-            "there (it holds the input frames); write the output somewhere else"
+            f"{path} is in {protected}, a folder of a CTC dataset's frames or annotations: "
+            "nothing is written there; write the output somewhere else"
         )
     return path
 
@@ -461,12 +463,16 @@ def check_new_dataset(out_dir: str | os.PathLike) -> Path:
     return out_dir
 
 
-def raw_image_folder(path: str | os.PathLike) -> Path | None:
-    """The raw image folder of a CTC dataset (``01/`` holding ``t000.tif`` ...) that is
-    ``path`` or holds it, else None."""
+def dataset_input_folder(path: str | os.PathLike) -> Path | None:
+    """The folder of a CTC dataset's frames (``01/`` holding ``t000.tif`` ...) or annotations
+    (``01_GT/``, ``01_ST/`` beside it) that is ``path`` or holds it, else None."""
     path = Path(path).resolve()
     for folder in (path, *path.parents):
-        if SEQUENCE_PATTERN.match(folder.name) and folder.is_dir() and _frame_files(folder):
+        if match := ANNOTATION_FOLDER_PATTERN.match(folder.name):
+            raw = folder.with_name(match.group(1))
+            if raw.is_dir() and _frame_files(raw):
+                return folder
+        elif SEQUENCE_PATTERN.match(folder.name) and folder.is_dir() and _frame_files(folder):
             return folder
     return None
 
