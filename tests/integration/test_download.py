@@ -7,6 +7,8 @@ Back-off is zero (or recorded instead of slept), so every test takes a fraction 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 import socket
 import stat
@@ -104,23 +106,101 @@ def test_server_ignoring_range_restarts_from_zero(server: FileServer, tmp_path: 
     assert resumed_from(server.requests_to("/data.bin")[1]) > 0
 
 
+def write_part(dest: Path, data: bytes, url: str, **version) -> None:
+    """A partial download as an interrupted run leaves it: the bytes and their version."""
+    partial_path(dest).write_bytes(data)
+    record = {"url": url, "etag": None, "last_modified": None, "size": None, **version}
+    download.version_path(partial_path(dest)).write_text(json.dumps(record))
+
+
 def test_complete_part_file_is_finished_by_a_416_answer(server: FileServer, tmp_path: Path) -> None:
-    url = server.serve("/data.bin", PAYLOAD)
+    url = server.serve("/data.bin", PAYLOAD, etag='"v1"')
     dest = tmp_path / "data.bin"
-    partial_path(dest).write_bytes(PAYLOAD)  # a run killed between the last byte and the rename
+    write_part(dest, PAYLOAD, url, etag='"v1"')  # killed between the last byte and the rename
     download_file(url, dest, expected_size=len(PAYLOAD), **FAST)
     assert dest.read_bytes() == PAYLOAD
-    assert len(server.requests_to("/data.bin")) == 1
+    (request,) = server.requests_to("/data.bin")
+    assert request.headers["If-Range"] == '"v1"'
+    assert leftovers(tmp_path, "data.bin") == []
 
 
 def test_stale_part_longer_than_the_file_is_replaced(server: FileServer, tmp_path: Path) -> None:
     url = server.serve("/data.bin", PAYLOAD)
     dest = tmp_path / "data.bin"
-    partial_path(dest).write_bytes(bytes(len(PAYLOAD) + 10))  # left over from another file
+    write_part(dest, bytes(len(PAYLOAD) + 10), url)  # a server without validators
     download_file(url, dest, **FAST)
     assert dest.read_bytes() == PAYLOAD
     first, second = server.requests_to("/data.bin")
     assert resumed_from(first) == len(PAYLOAD) + 10 and "Range" not in second.headers
+
+
+def test_part_without_a_version_record_is_not_resumed(server: FileServer, tmp_path: Path) -> None:
+    url = server.serve("/data.bin", PAYLOAD, etag='"v1"')
+    dest = tmp_path / "data.bin"
+    partial_path(dest).write_bytes(b"unknown origin")
+    download_file(url, dest, **FAST)
+    assert dest.read_bytes() == PAYLOAD
+    (request,) = server.requests_to("/data.bin")
+    assert "Range" not in request.headers
+
+
+@pytest.mark.parametrize("validator", ["etag", "last_modified"])
+def test_a_file_changed_on_the_server_is_not_spliced_onto_the_old_part(
+    server: FileServer, tmp_path: Path, validator: str
+) -> None:
+    """The resume sends If-Range with the first answer's ETag (or Last-Modified date); the
+    server answers a changed file with all of it, which replaces the old part."""
+    versions = {
+        "etag": ('"old"', '"new"'),
+        "last_modified": ("Mon, 01 Jun 2026 10:00:00 GMT", "Tue, 02 Jun 2026 10:00:00 GMT"),
+    }[validator]
+    url = server.serve("/data.bin", PAYLOAD, cut_after=200_000, **{validator: versions[0]})
+    dest = tmp_path / "data.bin"
+    with pytest.raises(DownloadError, match="run again to resume"):
+        download_file(url, dest, **{**FAST, "retries": 0})
+    assert 0 < partial_path(dest).stat().st_size < len(PAYLOAD)
+    changed = PAYLOAD[::-1]  # same size, other bytes: only the validator tells them apart
+    server.serve("/data.bin", changed, **{validator: versions[1]})
+    download_file(url, dest, **FAST)
+    assert dest.read_bytes() == changed
+    resume = server.requests_to("/data.bin")[1]
+    assert resume.headers["If-Range"] == versions[0] and resumed_from(resume) > 0
+    assert leftovers(tmp_path, "data.bin") == []
+
+
+def test_an_unchanged_file_is_resumed_under_if_range(server: FileServer, tmp_path: Path) -> None:
+    url = server.serve("/data.bin", PAYLOAD, cut_after=200_000, etag='"v1"')
+    dest = download_file(url, tmp_path / "data.bin", **FAST)
+    assert dest.read_bytes() == PAYLOAD
+    first, second = server.requests_to("/data.bin")
+    assert "If-Range" not in first.headers and second.headers["If-Range"] == '"v1"'
+    assert resumed_from(second) > 100_000  # the bytes received were kept
+
+
+def test_a_server_ignoring_if_range_is_caught_by_the_etag(
+    server: FileServer, tmp_path: Path
+) -> None:
+    url = server.serve("/data.bin", PAYLOAD, cut_after=200_000, etag='"old"')
+    dest = tmp_path / "data.bin"
+    with pytest.raises(DownloadError):
+        download_file(url, dest, **{**FAST, "retries": 0})
+    changed = PAYLOAD[::-1]
+    server.serve("/data.bin", changed, etag='"new"', honour_if_range=False)
+    download_file(url, dest, **FAST)  # 206 with another ETag: start over
+    assert dest.read_bytes() == changed
+    _, resumed, fresh = server.requests_to("/data.bin")
+    assert resumed_from(resumed) > 0 and "Range" not in fresh.headers
+
+
+def test_without_validators_a_changed_size_starts_over(server: FileServer, tmp_path: Path) -> None:
+    url = server.serve("/data.bin", PAYLOAD, cut_after=200_000)
+    dest = tmp_path / "data.bin"
+    with pytest.raises(DownloadError):
+        download_file(url, dest, **{**FAST, "retries": 0})
+    longer = PAYLOAD + b"more"
+    server.serve("/data.bin", longer)
+    download_file(url, dest, **FAST)
+    assert dest.read_bytes() == longer
 
 
 def test_404_fails_at_once_naming_the_url(server: FileServer, tmp_path: Path) -> None:
@@ -142,6 +222,40 @@ def test_server_errors_are_retried_with_doubling_back_off(
     assert dest.read_bytes() == PAYLOAD
     assert len(server.requests_to("/data.bin")) == 4
     assert delays == [0.5, 1.0, 2.0]
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_retry_after_in_seconds_is_honoured(
+    server: FileServer, tmp_path: Path, monkeypatch, status: int
+) -> None:
+    delays: list[float] = []
+    monkeypatch.setattr(download.time, "sleep", delays.append)
+    url = server.serve("/data.bin", PAYLOAD, fail_with=[status, 500], retry_after="7")
+    download_file(url, tmp_path / "data.bin", **{**FAST, "backoff": 0.5})
+    assert delays == [7.0, 7.0]  # longer than the back-off (0.5, 1.0): the server's wait
+    assert (tmp_path / "data.bin").read_bytes() == PAYLOAD
+
+
+def test_retry_after_as_a_date_is_honoured(server: FileServer, tmp_path: Path, monkeypatch):
+    import email.utils
+    import time
+
+    delays: list[float] = []
+    monkeypatch.setattr(download.time, "sleep", delays.append)
+    when = email.utils.formatdate(time.time() + 120, usegmt=True)
+    url = server.serve("/data.bin", PAYLOAD, fail_with=[503], retry_after=when)
+    download_file(url, tmp_path / "data.bin", **FAST)
+    assert len(delays) == 1 and 110 < delays[0] <= 120
+
+
+def test_a_retry_after_beyond_an_hour_fails_with_advice(
+    server: FileServer, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr(download.time, "sleep", pytest.fail)
+    url = server.serve("/data.bin", PAYLOAD, fail_with=[503], retry_after="86400")
+    with pytest.raises(DownloadError, match=r"asks to wait 86400 s .*run again later"):
+        download_file(url, tmp_path / "data.bin", **FAST)
+    assert leftovers(tmp_path) == []
 
 
 def test_refused_connections_are_retried(tmp_path: Path, monkeypatch) -> None:
@@ -405,9 +519,52 @@ def test_zip_without_ctc_layout_leaves_no_dataset(server: FileServer, tmp_path: 
     archive = write_zip(tmp_path / "other.zip", {f"{NAME}/readme.txt": b"no frames here"})
     server.serve(f"/training-datasets/{NAME}.zip", archive.read_bytes())
     dest_root = tmp_path / "resources"
+    with pytest.raises(ctc.CTCFormatError, match=r"does not hold a CTC dataset.*moved to"):
+        download_dataset(NAME, dest_root, base_url=server.url, **FAST)
+    assert leftovers(dest_root) == [f"{NAME}.zip.refused"]  # for inspection, nothing else
+    # the next run does not refuse the same zip again: it downloads it afresh
     with pytest.raises(ctc.CTCFormatError, match=r"does not hold a CTC dataset"):
         download_dataset(NAME, dest_root, base_url=server.url, **FAST)
-    assert leftovers(dest_root) == [f"{NAME}.zip"]  # kept for inspection, nothing else
+    assert len(server.requests) == 2
+
+
+def test_an_unsafe_dataset_zip_is_set_aside(server: FileServer, tmp_path: Path) -> None:
+    archive = write_zip(tmp_path / "evil.zip", {f"{NAME}/01/t000.tif": b"x", "../evil": b"x"})
+    server.serve(f"/training-datasets/{NAME}.zip", archive.read_bytes())
+    dest_root = tmp_path / "resources"
+    with pytest.raises(UnsafeArchiveError, match=r"'\.\.' component.*moved to .*\.refused"):
+        download_dataset(NAME, dest_root, base_url=server.url, **FAST)
+    assert leftovers(dest_root) == [f"{NAME}.zip.refused"]
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        {"X/01": b"file", "X/01/t000.tif": b"frame"},  # a file, then a folder of that name
+        {"X/01/": b"", "X/01": b"file"},  # a folder, then a file of that name
+        {"X/01/t000.tif": b"a", "X\\01\\t000.tif": b"b"},  # the same file twice
+    ],
+)
+def test_members_colliding_with_each_other_are_refused(tmp_path: Path, members) -> None:
+    archive = write_zip(tmp_path / "clash.zip", members)
+    with pytest.raises(UnsafeArchiveError, match=r"both a file and a folder|appears twice"):
+        extract_zip(archive, tmp_path / "out")
+    assert leftovers(tmp_path, "clash.zip") == []
+
+
+def test_a_flat_zip_gives_a_dataset_folder_of_the_umasks_mode(
+    server: FileServer, tmp_path: Path, flat_test_zip: bytes
+) -> None:
+    server.serve(f"/test-datasets/{NAME}.zip", flat_test_zip)
+    old = os.umask(0o027)
+    try:
+        path = download_dataset(NAME, tmp_path, kind="test", base_url=server.url, **FAST)
+    finally:
+        os.umask(old)
+    folders = [path, *(p for p in path.rglob("*") if p.is_dir())]
+    files = [p for p in path.rglob("*") if p.is_file()]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in folders} == {0o750}
+    assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o640}
 
 
 def test_corrupt_dataset_zip_is_deleted(server: FileServer, tmp_path: Path) -> None:
@@ -448,8 +605,13 @@ def test_cli_download_prints_where_the_dataset_is(
 
 
 def test_cli_download_reports_a_missing_dataset(server: FileServer, tmp_path: Path, caplog) -> None:
-    assert main(["download", "Fluo-N2DH-NONE", str(tmp_path), "--base-url", server.url]) == 2
+    assert main(["download", "Fluo-N2DH-NONE", str(tmp_path), "--base-url", server.url]) == 1
     assert "training-datasets/Fluo-N2DH-NONE.zip" in caplog.text
+    assert main(["download", "../etc", str(tmp_path), "--base-url", server.url]) == 2
+    assert "is not a CTC dataset name" in caplog.text
+    (tmp_path / "file").write_text("a file")
+    assert main(["download", NAME, str(tmp_path / "file"), "--base-url", server.url]) == 2
+    assert f"{tmp_path / 'file'} is a file, not a folder" in caplog.text
 
 
 # -- ImageNet weights: pinned checksum --

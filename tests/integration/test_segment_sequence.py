@@ -268,15 +268,25 @@ def test_predict_reports_what_is_missing(synthetic_dataset, tiny_model_folder, t
     incomplete.mkdir()
     shutil.copy(tiny_model_folder("centres") / "pipeline.json", incomplete)
     args = ["predict", "--models", str(incomplete), str(synthetic_dataset / "01"), str(tmp_path)]
-    assert main(args) == 2
+    assert main(args) == 1  # the command line is right, the model folder is not
     assert "segmentation.keras missing" in caplog.text
-    assert main([*args[:2], str(tmp_path / "nowhere"), *args[3:]]) == 2
-    assert "pipeline.json missing" in caplog.text
+    assert main([*args[:2], str(tmp_path / "nowhere"), *args[3:]]) == 2  # a usage error
+    assert f"{tmp_path / 'nowhere'}: no such folder (give the model folder)" in caplog.text
+    shutil.copy(tiny_model_folder("distance") / "pipeline.json", incomplete)  # one network
+    (incomplete / "segmentation.keras").write_bytes(b"PK\x03\x04 cut short")
+    (incomplete / "segmentation.onnx").write_bytes(b"\x08\x07 cut short")
+    for backend in ("keras", "onnx", "openvino"):
+        caplog.clear()
+        assert main([*args, "--backend", backend]) == 1
+        (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
+        damaged = "segmentation.keras" if backend == "keras" else "segmentation.onnx"
+        assert record.getMessage().startswith(f"{incomplete / damaged}: ")
+        assert "the file is damaged or not a network" in record.getMessage()
     models = str(tiny_model_folder("distance"))
     frames = ["--frames", "9"]  # after the positional arguments, which it would swallow
     where = [str(synthetic_dataset / "01"), str(tmp_path / "res")]
     code = main(["predict", "--models", models, *where, *frames])
-    assert code == 2 and "no frames [9]" in caplog.text
+    assert code == 2 and "has no frames [9]" in caplog.text
 
 
 def test_tiles_from_pipeline_json_give_the_whole_frame_maps(

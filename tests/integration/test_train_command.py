@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from efficientcellseg import ctc
 from efficientcellseg.cli import main
 from efficientcellseg.model import read_metadata
+from efficientcellseg.training import training_sources
 
 pytestmark = pytest.mark.slow
 
@@ -32,6 +34,15 @@ def test_train_then_predict(synthetic_dataset: Path, tmp_path: Path, capsys) -> 
     before = (models / "segmentation.keras").stat().st_mtime_ns
     assert main(args) == 0
     assert (models / "segmentation.keras").stat().st_mtime_ns == before
+    # The network records the files it learnt from: another dataset with the same sequence
+    # names (one annotation differs) would not count as trained already.
+    other = tmp_path / "other"
+    shutil.copytree(synthetic_dataset, other)
+    gt = next((other / "02_GT" / "SEG").glob("man_seg0*.tif"))
+    ctc.write_labels(gt, ctc.read_labels(gt)[::-1].copy())
+    sources = read_metadata(models / "segmentation.keras")["training_sources"]
+    assert sources == training_sources(synthetic_dataset, ["02"])
+    assert sources != training_sources(other, ["02"])
     result = tmp_path / "01_RES"
     assert main(["predict", "--models", str(models), str(synthetic_dataset / "01"),
                  str(result)]) == 0  # fmt: skip

@@ -202,3 +202,163 @@ def test_temporary_files_do_not_count_as_frames(dataset: Path) -> None:
     assert ctc.open_sequence(dataset, "01").frame_ids == [0, 1, 2]
     assert not any(p.name.startswith(".") for p in (dataset / "01").iterdir() if p.suffix == ".tif")
     assert os.path.exists(dataset / "01" / ".t003.tif.123.part")
+
+
+# -- image layouts: what the frame is, not what the first page is --
+
+STACK = np.arange(5 * 12 * 16, dtype=np.uint16).reshape(5, 12, 16)
+
+
+def _page_by_page(path: Path, stack: np.ndarray, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for page in stack:
+        tifffile.imwrite(path, page, append=True, **kwargs)
+    return path
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda path: _write(path, STACK),
+        lambda path: _page_by_page(path, STACK),  # one series per page
+        lambda path: _page_by_page(path, STACK, metadata=None),  # one generic series
+        lambda path: tifffile.imwrite(path, STACK, imagej=True),  # ImageJ calls it channels
+        lambda path: tifffile.imwrite(path, STACK, imagej=True, metadata={"axes": "ZYX"}),
+        lambda path: tifffile.imwrite(path, STACK, imagej=True, metadata={"axes": "TYX"}),
+        lambda path: tifffile.imwrite(path, STACK[:, None], imagej=True),  # a singleton axis
+    ],
+    ids=["one-series", "appended", "appended-plain", "imagej", "imagej-z", "imagej-t", "5d-1"],
+)
+def test_3d_stacks_read_as_3d_however_they_are_stored(tmp_path: Path, write) -> None:
+    path = tmp_path / "t000.tif"
+    write(path)
+    assert ctc.tiff_shape(path) == (5, 12, 16)
+    np.testing.assert_array_equal(ctc.read_image(path), STACK)
+
+
+def test_stacks_written_page_by_page_make_a_3d_sequence(tmp_path: Path) -> None:
+    for t in range(2):
+        _page_by_page(tmp_path / "01" / f"t00{t}.tif", STACK + t)
+    _page_by_page(tmp_path / "01_GT" / "SEG" / "man_seg000.tif", (STACK > 500).astype(np.uint16))
+    seq = ctc.open_sequence(tmp_path, "01")
+    assert seq.frame_shape == (5, 12, 16) and seq.ndim == 3
+    labels = ctc.read_annotation(seq.gt_seg[0], seq.frame_shape)
+    assert labels.shape == (5, 12, 16) and labels.sum() == (STACK > 500).sum()
+
+
+@pytest.mark.parametrize(
+    ("array", "kwargs", "message"),
+    [
+        (np.zeros((64, 64, 3), np.uint8), {}, r"a colour image \(3 samples per pixel"),
+        (np.zeros((64, 64, 4), np.uint16), {}, r"a colour image \(4 samples per pixel"),
+        (np.zeros((4, 64, 64, 3), np.uint8), {}, r"a colour image \(3 samples per pixel"),
+        (np.zeros((64, 64, 3), np.uint8), {"photometric": "minisblack"}, "an image 3 pixels wide"),
+        (np.zeros((2, 5, 12, 16), np.uint8), {}, r"a 4D image \(shape \(2, 5, 12, 16\)"),
+        (STACK[:, None].repeat(2, 1), {"imagej": True}, r"a 4D image .*axes ZCYX"),
+    ],
+    ids=["rgb", "rgba", "rgb-stack", "rgb-as-pixels", "4d", "imagej-channels"],
+)
+def test_layouts_that_are_not_grey_frames_are_refused(tmp_path, array, kwargs, message) -> None:
+    path = _write(tmp_path / "t000.tif", np.zeros(1))  # replaced below
+    tifffile.imwrite(path, array, **kwargs)
+    for read in (ctc.read_image, ctc.tiff_shape):
+        with pytest.raises(ctc.CTCFormatError, match=re.escape(str(path)) + ": " + message):
+            read(path)
+
+
+def test_separate_images_of_different_shapes_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "t000.tif"
+    tifffile.imwrite(path, STACK[0], append=True)
+    tifffile.imwrite(path, STACK[0, :6], append=True)
+    with pytest.raises(ctc.CTCFormatError, match=r"holds 2 separate images"):
+        ctc.read_image(path)
+
+
+def test_a_stack_whose_pages_are_cut_off_is_damaged(tmp_path: Path) -> None:
+    path = _page_by_page(tmp_path / "t000.tif", STACK, metadata=None)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 3 // 4])  # the last pages' entries are gone
+    with pytest.raises(ctc.CTCFormatError, match=re.escape(str(path)) + ": damaged TIFF"):
+        ctc.read_image(path)
+
+
+# -- TRA markers: the frames DET scores come from the annotation --
+
+
+def test_marker_frames_follow_man_track(dataset: Path) -> None:
+    seq = ctc.open_sequence(dataset, "01")
+    assert ctc.marker_frames(seq) == seq.tra_markers
+    assert ctc.marker_frames(ctc.open_sequence(dataset, "02")) == {}  # no TRA at all
+
+
+def test_a_missing_marker_file_is_an_error_naming_it(dataset: Path) -> None:
+    (dataset / "01_GT" / "TRA" / "man_track001.tif").unlink()
+    seq = ctc.open_sequence(dataset, "01")
+    missing = dataset / "01_GT" / "TRA" / "man_track001.tif"
+    with pytest.raises(ctc.CTCFormatError, match=re.escape(f"{missing}: missing")):
+        ctc.marker_frames(seq)
+
+
+def test_without_man_track_every_frame_needs_markers(dataset: Path) -> None:
+    tra = dataset / "01_GT" / "TRA"
+    (tra / "man_track.txt").unlink()
+    assert sorted(ctc.marker_frames(ctc.open_sequence(dataset, "01"))) == [0, 1, 2]
+    (tra / "man_track002.tif").unlink()
+    with pytest.raises(ctc.CTCFormatError, match=r"man_track002.tif: missing .*is missing"):
+        ctc.marker_frames(ctc.open_sequence(dataset, "01"))
+
+
+def test_marker_frames_outside_the_sequence_are_errors(dataset: Path) -> None:
+    tra = dataset / "01_GT" / "TRA"
+    (tra / "man_track.txt").write_text("1 0 5 0\n")
+    with pytest.raises(ctc.CTCFormatError, match=r"TRA: markers of frames 3, 4, 5"):
+        ctc.marker_frames(ctc.open_sequence(dataset, "01"))
+    (tra / "man_track.txt").write_text("1 2 1 0\n")
+    with pytest.raises(ctc.CTCFormatError, match=r"track 1 spans frames 2\.\.1"):
+        ctc.marker_frames(ctc.open_sequence(dataset, "01"))
+
+
+# -- outputs never replace inputs nor go into a dataset's frame or annotation folders --
+
+
+def test_check_output(dataset: Path, tmp_path: Path) -> None:
+    frame = dataset / "01" / "t000.tif"
+    with pytest.raises(ctc.OutputPathError, match=re.escape(f"{frame} is the input")):
+        ctc.check_output(frame, inputs=[frame])
+    link = tmp_path / "link.tif"
+    link.symlink_to(frame)
+    with pytest.raises(ctc.OutputPathError, match="is the input"):
+        ctc.check_output(link, inputs=[frame])
+    for path in (dataset / "01" / "new.tif", dataset / "01" / "sub" / "deeper" / "x.tif"):
+        with pytest.raises(ctc.OutputPathError, match=r"a folder of a CTC dataset's frames"):
+            ctc.check_output(path)
+    with pytest.raises(ctc.OutputPathError, match="frames or annotations"):
+        ctc.check_output(dataset / "01", folder=True)
+    with pytest.raises(ctc.OutputPathError, match=re.escape(f"is in {dataset / '01_GT'}")):
+        ctc.check_output(dataset / "01_GT" / "SEG" / "man_seg000.tif")
+    (dataset / "02_RES").mkdir()
+    with pytest.raises(ctc.OutputPathError, match="is a folder: give the name of the file"):
+        ctc.check_output(dataset / "02_RES")
+    with pytest.raises(ctc.OutputPathError, match="is a file, not a folder"):
+        ctc.check_output(frame, folder=True)
+    assert ctc.check_output(dataset / "01_RES", folder=True) == dataset / "01_RES"
+    assert ctc.check_output(dataset / "results.tif") == dataset / "results.tif"
+    assert ctc.dataset_input_folder(dataset / "02" / "a" / "b") == (dataset / "02").resolve()
+    assert ctc.dataset_input_folder(dataset / "02_GT" / "SEG") == (dataset / "02_GT").resolve()
+    assert ctc.dataset_input_folder(dataset / "01_RES") is None
+    assert ctc.dataset_input_folder(dataset / "07_GT") is None  # no sequence 07 beside it
+
+
+def test_new_dataset_is_all_or_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "DS"
+    with pytest.raises(RuntimeError), ctc.new_dataset(out) as folder:
+        ctc.write_tiff(folder / "01" / "t000.tif", np.zeros((4, 4), np.uint8))
+        raise RuntimeError("killed half-way")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / ".DS.1234abcd.part").mkdir()  # as a killed run leaves it
+    with ctc.new_dataset(out) as folder:
+        ctc.write_tiff(folder / "01" / "t000.tif", np.zeros((4, 4), np.uint8))
+    assert ctc.discover_sequences(out) == ["01"]
+    assert [p.name for p in tmp_path.iterdir()] == ["DS"]
+    with pytest.raises(ctc.OutputPathError, match="exists and is not empty"), ctc.new_dataset(out):
+        pass

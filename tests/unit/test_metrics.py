@@ -419,10 +419,11 @@ def test_cli_evaluate(tmp_path, capsys):
 def test_cli_evaluate_bad_input(tmp_path, capsys, caplog):
     frame = boxes((4, 4), (1, np.s_[0:2, 0:2]))
     root = write_dataset(tmp_path / "DS", [frame, frame], gt={0: frame}, results=[frame])
-    assert cli.main(["evaluate", str(root), "01", "--results", str(root / "01_RES")]) == 2
+    # exit code 1: the command line is right, the files are not
+    assert cli.main(["evaluate", str(root), "01", "--results", str(root / "01_RES")]) == 1
     assert "mask001.tif: missing" in caplog.text
-    assert cli.main(["evaluate", str(root), "01", "--reference", "ST"]) == 2
-    assert cli.main(["evaluate", str(root), "01", "--digits", "4"]) == 2
+    assert cli.main(["evaluate", str(root), "01", "--reference", "ST"]) == 1
+    assert cli.main(["evaluate", str(root), "01", "--digits", "4"]) == 1
     assert "mask0000.tif: missing; found mask000.tif" in caplog.text
     assert capsys.readouterr().out == ""
     assert not (root / "01_EVAL").exists()

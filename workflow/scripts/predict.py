@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+from efficientcellseg.files import atomic_write_text
 from efficientcellseg.logs import script_log
 from efficientcellseg.segment import segment_sequence
 from efficientcellseg.settings import InferenceSettings
@@ -14,4 +15,4 @@ with script_log(snakemake.log[0]):
         snakemake.params.model_dir,
         InferenceSettings.from_dict({**snakemake.params.inference, "threads": snakemake.threads}),
     )
-    Path(snakemake.output[0]).write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(snakemake.output[0], json.dumps(summary, indent=2) + "\n")

@@ -2,6 +2,12 @@
 
 Library modules are imported inside the commands, so ``efficientcellseg --help`` and the commands
 that do not need TensorFlow start fast.
+
+Errors end in one line naming the file or setting at fault and what to do, never a traceback,
+with the conventional exit codes: 2 when the command line is wrong (an unknown option, a value
+out of range, a path argument that does not exist or is of the wrong kind, an output that would
+overwrite an input or go into a dataset's frame or annotation folders), 1 when the command
+fails while it runs (damaged or inconsistent files, a failed download, a full disk).
 """
 
 from __future__ import annotations
@@ -20,12 +26,21 @@ from .settings import (
     PRESET_NAMES,
     TRAINING_SETS,
     InferenceSettings,
+    SettingsError,
     SyntheticSpec,
     WorkflowSettings,
     workflow_settings,
 )
 
 log = logging.getLogger("efficientcellseg")
+
+EXIT_FAILURE = 1  # the command failed while it ran
+EXIT_USAGE = 2  # the command line is wrong (as argparse exits on unknown options)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+
+
+class UsageError(Exception):
+    """The command line asks for something impossible; the message names the argument."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,13 +50,45 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    from .ctc import CTCFormatError
+    from .ctc import OutputPathError
 
     try:
         return args.handler(args) or 0
-    except (CTCFormatError, FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (UsageError, SettingsError, OutputPathError) as exc:
         log.error("%s", exc)
-        return 2
+        return EXIT_USAGE
+    except (ValueError, RuntimeError) as exc:  # incl. CTCFormatError, DownloadError
+        log.error("%s", exc)
+        return EXIT_FAILURE
+    except OSError as exc:  # a missing file, no permission, a full disk
+        log.error("%s", _os_error_line(exc))
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        log.error("interrupted; run the same command again to resume where it can")
+        return EXIT_INTERRUPTED
+
+
+def _os_error_line(exc: OSError) -> str:
+    """``path: reason`` for an OSError (its str() puts the errno first, the path last)."""
+    if exc.filename is None or not exc.strerror:
+        return str(exc)
+    return f"{exc.filename}: {exc.strerror}" + (f" (and {exc.filename2})" if exc.filename2 else "")
+
+
+def _input_file(path: Path, what: str) -> Path:
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder: give the {what} file")
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file (give the {what} file)")
+    return path
+
+
+def _input_folder(path: Path, what: str) -> Path:
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{path} is a file: give the {what} folder")
+    if not path.is_dir():
+        raise UsageError(f"{path}: no such folder (give the {what} folder)")
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -324,8 +371,10 @@ def _synthetic(args: argparse.Namespace) -> None:
 
 
 def _sample(args: argparse.Namespace) -> None:
+    from .ctc import check_new_dataset
     from .samples import write_cho_dataset
 
+    check_new_dataset(args.out_dir)
     summary = write_cho_dataset(args.out_dir, args.cache)
     _report_written(summary)
 
@@ -334,8 +383,16 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from .ctc import check_output
     from .metrics import evaluate_sequence, write_evaluation
 
+    _input_folder(args.dataset_dir, "dataset")
+    sequence_dir = _input_folder(args.dataset_dir / args.sequence, "sequence")
+    if args.results is not None:
+        _input_folder(args.results, "result masks")
+    out_dir = args.out or args.dataset_dir / f"{args.sequence}_EVAL"
+    inputs = [args.dataset_dir, sequence_dir, *([args.results] if args.results else [])]
+    check_output(out_dir, inputs=inputs, folder=True)  # before the scores are computed
     evaluation = evaluate_sequence(
         args.dataset_dir,
         args.sequence,
@@ -345,7 +402,6 @@ def _evaluate(args: argparse.Namespace) -> None:
         digits=args.digits,
         progress=sys.stderr.isatty(),
     )
-    out_dir = args.out or args.dataset_dir / f"{args.sequence}_EVAL"
     scores, objects = write_evaluation(evaluation, out_dir)
     print(f"SEG measure: {evaluation.seg:.6f}")
     if evaluation.det is not None:
@@ -388,9 +444,13 @@ def _export_results(args: argparse.Namespace) -> None:
 
 
 def _download(args: argparse.Namespace) -> None:
-    from .download import download_dataset
+    from .download import dataset_urls, download_dataset
 
     kind = "test" if args.test else "training"
+    try:
+        dataset_urls(args.name, kind, args.base_url)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     path = download_dataset(
         args.name, args.dest_root, kind=kind, keep_zip=args.keep_zip, base_url=args.base_url
     )
@@ -398,9 +458,11 @@ def _download(args: argparse.Namespace) -> None:
 
 
 def _pseudocolor(args: argparse.Namespace) -> None:
-    from .ctc import read_image, write_tiff
+    from .ctc import check_output, read_image, write_tiff
     from .pseudocolor import cast_pseudocolor, pseudocolor_frame
 
+    _input_file(args.image, "frame")
+    check_output(args.out, inputs=[args.image])
     frame = read_image(args.image)
     try:
         colour = pseudocolor_frame(frame)
@@ -428,29 +490,41 @@ def _params(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from .inference import export_onnx
 
+    if _input_file(args.model, "network").suffix != ".keras":
+        raise UsageError(f"{args.model}: give the .keras file of a trained network")
     print(f"wrote {export_onnx(args.model)}")
 
 
 def _predict(args: argparse.Namespace) -> None:
+    from .ctc import open_sequence
     from .segment import is_ctc_sequence, segment_images, segment_sequence
 
+    _input_folder(args.models, "model")
+    for item in args.inputs:
+        if not item.exists():
+            hint = " (frame numbers go as --frames 0,1)" if item.name.isdigit() else ""
+            raise UsageError(f"{item}: no such file or folder{hint}")
     inference = InferenceSettings(
         backend=args.backend,
         batch_size=args.batch_size,
         precision=args.precision,
         threads=args.threads,
     )
-    for item in args.inputs:
-        if not item.exists():
-            hint = " (frame numbers go as --frames 0,1)" if item.name.isdigit() else ""
-            raise FileNotFoundError(f"{item}: no such file or folder{hint}")
     options = {"overwrite": args.overwrite, "progress": sys.stderr.isatty()}
     if len(args.inputs) == 1 and is_ctc_sequence(args.inputs[0]):
+        sequence_dir = args.inputs[0]
+        if args.frames:
+            frame_ids = open_sequence(sequence_dir.parent, sequence_dir.name).frame_ids
+            if unknown := sorted(set(args.frames) - set(frame_ids)):
+                raise UsageError(
+                    f"--frames: {sequence_dir} has no frames {unknown} (it has frames "
+                    f"{frame_ids[0]}..{frame_ids[-1]})"
+                )
         summary = segment_sequence(
-            args.inputs[0], args.result_dir, args.models, inference, frames=args.frames, **options
+            sequence_dir, args.result_dir, args.models, inference, frames=args.frames, **options
         )
     elif args.frames:
-        raise ValueError(
+        raise UsageError(
             f"--frames needs one CTC sequence folder (t000.tif ...), not {_listed(args.inputs)}"
         )
     else:
@@ -515,6 +589,7 @@ def _train(args: argparse.Namespace) -> None:
     from .training import train_model_folder
 
     dataset = _dataset_for_training(args)
+    _input_folder(args.dataset_dir, "dataset")
     summary = train_model_folder(
         args.dataset_dir, args.model_dir, dataset, sequences=args.sequences
     )
@@ -532,14 +607,20 @@ def _dataset_for_training(args: argparse.Namespace):
     import yaml
 
     if (args.config is None) != (args.dataset is None):
-        raise ValueError(
+        raise UsageError(
             "--config and --dataset go together (a config file and one of its entries)"
         )
     if args.config is not None:
-        config = yaml.safe_load(args.config.read_text())
-        entry = dict(config.get("datasets", {}).get(args.dataset) or {})
+        try:
+            config = yaml.safe_load(_input_file(args.config, "config").read_text())
+        except yaml.YAMLError as exc:
+            detail = " ".join(str(exc).split())
+            raise UsageError(f"{args.config}: not valid YAML ({detail})") from None
+        if not isinstance(config, dict) or not isinstance(config.get("datasets"), dict):
+            raise UsageError(f"{args.config}: not a workflow config (it has no datasets:)")
+        entry = dict(config["datasets"].get(args.dataset) or {})
         if not entry:
-            raise ValueError(f"{args.config}: no dataset {args.dataset!r} under datasets")
+            raise UsageError(f"{args.config}: no dataset {args.dataset!r} under datasets")
     else:
         config, entry = {}, {"postprocess": {"kind": "distance"}}
     entry.setdefault("ctc_name", args.dataset_dir.name)
@@ -554,7 +635,8 @@ def _dataset_for_training(args: argparse.Namespace):
         entry["training"] = {**entry.get("training", {}), "epochs": args.epochs}
     name = args.dataset or "dataset"
     merged = {**config, "datasets": {name: entry}, "submission": []}
-    return workflow_settings(merged).datasets[name]
+    source = str(args.config) if args.config else "the settings of the command line"
+    return workflow_settings(merged, source).datasets[name]
 
 
 def _report_written(summary: dict) -> None:

@@ -15,16 +15,19 @@ that bad input never surfaces as a traceback from deep inside NumPy.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import tifffile
 
-from .files import atomic_output, atomic_write_text
+from .files import atomic_output, atomic_write_text, remove, temporaries
 
 FRAME_PATTERN = re.compile(r"^t(\d{3,4})\.tiff?$")
 MASK_PATTERN = re.compile(r"^mask(\d{3,4})\.tiff?$")
@@ -32,11 +35,18 @@ SEG_FULL_PATTERN = re.compile(r"^man_seg(\d{3,4})\.tiff?$")
 SEG_SLICE_PATTERN = re.compile(r"^man_seg_(\d{3,4})_(\d{3,4})\.tiff?$")
 TRA_PATTERN = re.compile(r"^man_track(\d{3,4})\.tiff?$")
 SEQUENCE_PATTERN = re.compile(r"^\d{2}$")
+ANNOTATION_FOLDER_PATTERN = re.compile(r"^(\d{2})_(?:GT|ST)$")
 MAX_LABEL = np.iinfo(np.uint16).max
 
 
 class CTCFormatError(ValueError):
     """A file or folder does not follow the CTC conventions; the message names it and says why."""
+
+
+class OutputPathError(ValueError):
+    """An output path that would overwrite an input, write into the frame or annotation folders
+    of a CTC dataset, or is a file where a folder is needed (or the reverse); the message names
+    it."""
 
 
 @dataclass(frozen=True)
@@ -123,12 +133,7 @@ def open_sequence(dataset_dir: str | os.PathLike, name: str) -> Sequence:
     frames, digits = _index_files(_frame_files(seq_dir), FRAME_PATTERN, seq_dir, "frame")
     if not frames:
         raise CTCFormatError(f"{seq_dir}: no frames named t000.tif (or t0000.tif) found")
-    first = frames[min(frames)]
-    frame_shape = tiff_shape(first)
-    if len(frame_shape) not in (2, 3):
-        raise CTCFormatError(
-            f"{first}: frames must be 2D (Y, X) or 3D (Z, Y, X), found shape {frame_shape}"
-        )
+    frame_shape = tiff_shape(frames[min(frames)])
     gt_seg = _seg_annotations(dataset_dir / f"{name}_GT" / "SEG", digits)
     st_seg = _seg_annotations(dataset_dir / f"{name}_ST" / "SEG", digits)
     tra_dir = dataset_dir / f"{name}_GT" / "TRA"
@@ -157,25 +162,30 @@ def open_sequence(dataset_dir: str | os.PathLike, name: str) -> Sequence:
     )
 
 
-def tiff_header(path: Path) -> tuple[tuple[int, ...], dict]:
-    """Shape of the image in a TIFF file (singleton axes dropped) and the JSON metadata tifffile
-    stores with it (``{}`` when there is none), without reading its pixels."""
-    try:
-        with tifffile.TiffFile(path) as tif:
-            shape = tif.series[0].shape if tif.series else ()
-            shaped = tif.shaped_metadata
-    except FileNotFoundError:
-        raise CTCFormatError(f"{path}: file does not exist") from None
-    except Exception as exc:
-        raise CTCFormatError(f"{path}: not a readable TIFF file ({exc})") from exc
-    if not shape or 0 in shape:
-        raise CTCFormatError(f"{path}: not a readable TIFF file (it holds no image data)")
-    return _squeezed_shape(tuple(shape)), dict(shaped[0]) if shaped else {}
+class TiffHeader(NamedTuple):
+    """What a TIFF holds, from its header: the frame's shape (2D or 3D, singleton axes dropped),
+    its pixel type, and the JSON metadata tifffile stores with it (``{}`` when there is none)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    metadata: dict
+
+
+def tiff_header(path: str | os.PathLike) -> TiffHeader:
+    """Shape, pixel type and metadata of the grey 2D/3D image in a TIFF, without its pixels.
+
+    The image layout is checked as :func:`read_image` checks it.
+    """
+    path = Path(path)
+    with _tifffile_errors(path), _open_tiff(path) as tif:
+        shape, dtype, _ = _grey_layout(tif, path)
+        shaped = tif.shaped_metadata
+    return TiffHeader(shape, dtype, dict(shaped[0]) if shaped else {})
 
 
 def tiff_shape(path: Path) -> tuple[int, ...]:
     """Shape of the image in a TIFF file (singleton axes dropped) without reading its pixels."""
-    return tiff_header(path)[0]
+    return tiff_header(path).shape
 
 
 def tiff_axes(path: Path) -> str:
@@ -191,24 +201,106 @@ def tiff_axes(path: Path) -> str:
 
 def tiff_metadata(path: Path) -> dict:
     """The JSON metadata tifffile stores with an image (``{}`` when there is none)."""
-    return tiff_header(path)[1]
+    return tiff_header(path).metadata
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read a frame (2D or 3D) from a TIFF file, with singleton axes removed."""
+    """Read a grey 2D (Y, X) or 3D (Z, Y, X) frame from a TIFF file, singleton axes removed.
+
+    A 3D stack may be one image series or one 2D series per page, as tools that write stacks
+    page by page (``tifffile.imwrite(..., append=True)``, some ImageJ exports) store it.
+    Colour images and images of more than three dimensions are refused with
+    :class:`CTCFormatError` saying what the file holds.
+    """
     path = Path(path)
+    with _tifffile_errors(path), _open_tiff(path) as tif:
+        shape, _, series = _grey_layout(tif, path)
+        try:
+            if len(series) == 1:
+                image = series[0].asarray()
+            else:
+                image = np.stack([s.asarray() for s in series])
+        except Exception as exc:  # truncated or damaged pixel data
+            raise CTCFormatError(
+                f"{path}: damaged TIFF file, its pixels cannot be read ({exc})"
+            ) from exc
+    return image.reshape(shape)
+
+
+@contextlib.contextmanager
+def _tifffile_errors(path: Path) -> Iterator[None]:
+    """Turn the errors tifffile logs and reads on past (a broken chain of pages, which would
+    shorten a stack) into :class:`CTCFormatError`, instead of log lines beside the result."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = records.append
+    logger = logging.getLogger("tifffile")
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
     try:
-        image = tifffile.imread(path)
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+    if records:
+        raise CTCFormatError(f"{path}: damaged TIFF file ({records[0].getMessage()})")
+
+
+def _open_tiff(path: Path) -> tifffile.TiffFile:
+    try:
+        return tifffile.TiffFile(path)
     except FileNotFoundError:
         raise CTCFormatError(f"{path}: file does not exist") from None
+    except IsADirectoryError:
+        raise CTCFormatError(f"{path}: is a folder, not a TIFF file") from None
     except Exception as exc:
         raise CTCFormatError(f"{path}: not a readable TIFF file ({exc})") from exc
-    if image.size == 0:
+
+
+def _grey_layout(tif: tifffile.TiffFile, path: Path) -> tuple[tuple[int, ...], np.dtype, list]:
+    """The frame's shape and pixel type, and the image series that hold it (one, or one 2D
+    series per page of a stack written page by page); :class:`CTCFormatError` for anything
+    that is not one grey 2D or 3D image."""
+    try:
+        series = list(tif.series)
+    except Exception as exc:
+        raise CTCFormatError(f"{path}: not a readable TIFF file ({exc})") from exc
+    if not series or 0 in series[0].shape:
         raise CTCFormatError(f"{path}: not a readable TIFF file (it holds no image data)")
-    image = image.reshape(_squeezed_shape(image.shape))
-    if image.ndim not in (2, 3):
-        raise CTCFormatError(f"{path}: expected a 2D or 3D image, found shape {image.shape}")
-    return image
+    first = series[0]
+    shape, axes = tuple(first.shape), first.axes
+    if len(series) > 1:
+        alike = all(s.shape == first.shape and s.dtype == first.dtype for s in series)
+        if not alike or len(_squeezed_shape(shape)) != 2:
+            found = ", ".join(f"{s.shape} {s.dtype}" for s in series[:4])
+            raise CTCFormatError(
+                f"{path}: holds {len(series)} separate images ({found}"
+                f"{', ...' if len(series) > 4 else ''}); a CTC frame is one grey 2D or 3D image: "
+                "save it as one (Z, Y, X) stack"
+            )
+        shape, axes = (len(series), *shape), "I" + axes
+    found = f"shape {shape}, axes {axes}, {first.dtype}"
+    # Interleaved samples (axes ...YXS) are colour; separate planes (SYX) are read as slices,
+    # because tifffile.imwrite stores any stack of 3 or 4 slices as planar RGB(A).
+    samples = shape[-1] if axes.endswith("S") else 1
+    if samples > 1:
+        raise CTCFormatError(
+            f"{path}: a colour image ({samples} samples per pixel; {found}); CTC frames are "
+            "grey: save one channel as a 2D (Y, X) or 3D (Z, Y, X) image"
+        )
+    squeezed = _squeezed_shape(shape)
+    if len(squeezed) not in (2, 3):
+        raise CTCFormatError(
+            f"{path}: a {len(squeezed)}D image ({found}); CTC frames are grey 2D (Y, X) or "
+            "3D (Z, Y, X) images: save one time point and channel per file"
+        )
+    if len(squeezed) == 3 and squeezed[-1] <= 4 < squeezed[-2]:
+        raise CTCFormatError(
+            f"{path}: an image {squeezed[-1]} pixels wide ({found}) looks like colour channels "
+            "stored as pixels; CTC frames are grey: save one channel as a 2D (Y, X) or 3D "
+            "(Z, Y, X) image"
+        )
+    return squeezed, np.dtype(first.dtype), series
 
 
 def read_labels(path: str | os.PathLike, expected_shape: Iterable[int] | None = None) -> np.ndarray:
@@ -261,6 +353,51 @@ def read_man_track(path: str | os.PathLike) -> np.ndarray:
     return np.array(rows, dtype=np.int64).reshape(-1, 4)
 
 
+def marker_frames(seq: Sequence) -> dict[int, Path]:
+    """The TRA marker file of every frame the tracking annotation covers (what DET scores).
+
+    The frames come from the annotation itself, not from the files that happen to exist: the
+    spans ``B..E`` of the tracks in ``man_track.txt`` (plus any other marker file), or, without
+    ``man_track.txt``, every frame of the sequence. A missing marker file is an error naming it,
+    so that a lost file cannot shrink the score's basis unnoticed. ``{}``: no TRA annotation.
+    """
+    if not seq.tra_markers and seq.tra_tracks is None:
+        return {}
+    tra_dir = seq.dataset_dir / f"{seq.name}_GT" / "TRA"
+    if seq.tra_tracks is None:
+        wanted, why = set(seq.frame_ids), f"{tra_dir / 'man_track.txt'} is missing"
+    else:
+        wanted = set()
+        for label, begin, end, _ in read_man_track(seq.tra_tracks):
+            if not 0 <= begin <= end:
+                raise CTCFormatError(
+                    f"{seq.tra_tracks}: track {label} spans frames {begin}..{end}; "
+                    "a track needs 0 <= B <= E"
+                )
+            wanted.update(range(begin, end + 1))
+        why = f"{seq.tra_tracks} has tracks in it"
+    outside = sorted((wanted | set(seq.tra_markers)) - set(seq.frames))
+    if outside:
+        raise CTCFormatError(
+            f"{tra_dir}: markers of frames {_listed(outside)}, which {seq.path} does not have; "
+            "the annotation belongs to another sequence, or frames are missing"
+        )
+    missing = sorted(wanted - set(seq.tra_markers))
+    if missing:
+        name = f"man_track{missing[0]:0{seq.digits}d}.tif"
+        raise CTCFormatError(
+            f"{tra_dir / name}: missing ({len(missing)} marker files missing, frames "
+            f"{_listed(missing)}); DET needs the markers of every annotated frame ({why}): "
+            "restore them from the dataset's zip"
+        )
+    return {f: seq.tra_markers[f] for f in sorted(wanted | set(seq.tra_markers))}
+
+
+def _listed(numbers: list[int], most: int = 8) -> str:
+    shown = ", ".join(map(str, numbers[:most]))
+    return shown + (", ..." if len(numbers) > most else "")
+
+
 def write_man_track(path: str | os.PathLike, tracks: np.ndarray) -> None:
     text = "".join(f"{int(a)} {int(b)} {int(c)} {int(d)}\n" for a, b, c, d in tracks)
     atomic_write_text(path, text)
@@ -287,6 +424,74 @@ def write_tiff(path: str | os.PathLike, image: np.ndarray, **kwargs) -> None:
     """Write a TIFF atomically (see :mod:`efficientcellseg.files`)."""
     with atomic_output(path) as tmp:
         tifffile.imwrite(tmp, image, **kwargs)
+
+
+def check_output(
+    path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = (), folder: bool = False
+) -> Path:
+    """``path`` if it may receive an output (a ``folder``, else a file), else
+    :class:`OutputPathError`: no output may replace one of ``inputs`` or go into the frame or
+    annotation folders of a CTC dataset, the data everything else is made from."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise OutputPathError(f"{path} is a file, not a folder: give a folder for the output")
+    if not folder and path.is_dir():
+        raise OutputPathError(f"{path} is a folder: give the name of the file to write")
+    for source in inputs:
+        if _same_path(path, Path(source)):
+            raise OutputPathError(f"{path} is the input {source}: write the output somewhere else")
+    protected = dataset_input_folder(path if folder else path.parent)
+    if protected is not None:
+        raise OutputPathError(
+            f"{path} is in {protected}, a folder of a CTC dataset's frames or annotations: "
+            "nothing is written there; write the output somewhere else"
+        )
+    return path
+
+
+@contextlib.contextmanager
+def new_dataset(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder to write a dataset into; it becomes ``out_dir`` when the block
+    succeeds, so an interrupted run leaves no half-written dataset. ``out_dir`` must not exist
+    yet or be empty: a dataset is never written over another one."""
+    out_dir = check_new_dataset(out_dir)
+    for stale in temporaries(out_dir.parent, out_dir.name):  # left by a killed run
+        remove(stale)
+    with atomic_output(out_dir) as tmp:
+        tmp.mkdir()
+        yield tmp
+
+
+def check_new_dataset(out_dir: str | os.PathLike) -> Path:
+    """``out_dir`` if a new dataset may be written there (it does not exist or is empty), else
+    :class:`OutputPathError`."""
+    out_dir = check_output(out_dir, folder=True)
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise OutputPathError(
+            f"{out_dir} exists and is not empty: choose a new folder (or delete it to write "
+            "the dataset again)"
+        )
+    return out_dir
+
+
+def dataset_input_folder(path: str | os.PathLike) -> Path | None:
+    """The folder of a CTC dataset's frames (``01/`` holding ``t000.tif`` ...) or annotations
+    (``01_GT/``, ``01_ST/`` beside it) that is ``path`` or holds it, else None."""
+    path = Path(path).resolve()
+    for folder in (path, *path.parents):
+        if match := ANNOTATION_FOLDER_PATTERN.match(folder.name):
+            raw = folder.with_name(match.group(1))
+            if raw.is_dir() and _frame_files(raw):
+                return folder
+        elif SEQUENCE_PATTERN.match(folder.name) and folder.is_dir() and _frame_files(folder):
+            return folder
+    return None
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
 
 
 def result_dir(seq: Sequence) -> Path:

@@ -4,8 +4,11 @@ Three layers, each usable on its own:
 
 - :func:`download_file` streams one URL into ``<dest>.part``, resumes that file with an HTTP
   Range request after an interruption (in the next retry or in a later call), retries transient
-  failures with exponential back-off, checks the size, and renames the file into place only
-  when it is complete.
+  failures with exponential back-off (or after the wait a server asks for with Retry-After),
+  checks the size, and renames the file into place only when it is complete. A resume is
+  guarded by the file's version (its ETag or Last-Modified date, kept in ``<dest>.part.json``,
+  sent as If-Range): a file that changed on the server is downloaded afresh, never spliced
+  onto the start of the old one.
 - :func:`extract_zip` unpacks a zip only if every member is a plain file or folder that stays
   inside the destination and the total stays under a byte limit. It works in a temporary folder
   beside the destination, so a failed extraction leaves nothing behind.
@@ -15,27 +18,31 @@ Three layers, each usable on its own:
 
 The zip is deleted after a successful extraction unless ``keep_zip=True``: the largest CTC zip
 (Fluo-N3DL-TRIC, 20.6 GB) would otherwise double the disk space a dataset needs. An unfinished
-download stays as ``<NAME>.zip.part`` and the next call resumes it.
+download stays as ``<NAME>.zip.part`` and the next call resumes it. A zip that is refused
+(unsafe, or no CTC dataset inside) is renamed to ``<NAME>.zip.refused`` for inspection, so the
+next run downloads it again rather than refusing the same file for ever.
 """
 
 from __future__ import annotations
 
+import email.utils
+import json
 import logging
 import os
 import re
 import shutil
 import stat
-import tempfile
 import time
 import zipfile
 import zlib
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import requests
 from tqdm import tqdm
 
 from . import ctc
-from .files import ChecksumError, check_checksum
+from .files import ChecksumError, atomic_output, atomic_write_text, check_checksum
 from .settings import ImagenetFile, WorkflowSettings
 
 log = logging.getLogger(__name__)
@@ -49,6 +56,8 @@ EXTRACT_CHUNK_BYTES = 1 << 20
 # Limit on what one archive may unpack to: far above any CTC dataset, far below a zip bomb.
 DEFAULT_MAX_BYTES = 256 * 2**30
 MAX_BACKOFF_SECONDS = 300.0
+# A server asking (Retry-After) for a longer wait than this gets a clear error instead.
+MAX_RETRY_AFTER_SECONDS = 3600.0
 RETRYABLE_STATUSES = frozenset({408, 425, 429})  # plus every 5xx
 CONTENT_RANGE = re.compile(r"^bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)$")
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -76,7 +85,14 @@ class UnsafeArchiveError(ArchiveError):
 
 
 class _TransientError(Exception):
-    """A failure worth another attempt: a dropped connection, a 5xx answer, a short body."""
+    """A failure worth another attempt: a dropped connection, a 5xx answer, a short body.
+
+    ``retry_after``: seconds the server asked to wait (its Retry-After header), if it did.
+    """
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
 
 
 TRANSIENT_ERRORS = (
@@ -94,6 +110,17 @@ def partial_path(dest: str | os.PathLike) -> Path:
     """Where :func:`download_file` keeps the unfinished download of ``dest``."""
     dest = Path(dest)
     return dest.with_name(dest.name + ".part")
+
+
+def version_path(part: Path) -> Path:
+    """Where the version (URL, ETag, Last-Modified, size) of a partial download is kept."""
+    return part.with_name(part.name + ".json")
+
+
+def _discard(part: Path) -> None:
+    """Forget a partial download: the bytes and the record of their version."""
+    part.unlink(missing_ok=True)
+    version_path(part).unlink(missing_ok=True)
 
 
 def download_file(
@@ -132,7 +159,6 @@ def download_file(
         raise ValueError(f"retries must be 0 or more, not {retries}")
     dest = Path(dest)
     part = partial_path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     own_session = session is None
     session = session or requests.Session()
     log.info("downloading %s to %s", url, dest)
@@ -151,6 +177,7 @@ def download_file(
         if own_session:
             session.close()
     os.replace(part, dest)
+    version_path(part).unlink(missing_ok=True)
     log.info("downloaded %s (%d bytes)", dest, dest.stat().st_size)
     return dest
 
@@ -178,7 +205,14 @@ def _download_with_retries(
                     + (kept if part.exists() else ""),
                     url=url,
                 ) from exc
-            delay = min(backoff * 2**attempt, MAX_BACKOFF_SECONDS)
+            asked = getattr(exc, "retry_after", None)  # the server's Retry-After
+            if asked is not None and asked > MAX_RETRY_AFTER_SECONDS:
+                raise DownloadError(
+                    f"{url}: {_reason(exc)}; the server asks to wait {asked:.0f} s before trying "
+                    "again (Retry-After): run again later",
+                    url=url,
+                ) from exc
+            delay = max(min(backoff * 2**attempt, MAX_BACKOFF_SECONDS), asked or 0.0)
             log.warning(
                 "%s: %s; retry %d of %d in %.3g s", url, _reason(exc), attempt + 1, retries, delay
             )
@@ -201,19 +235,54 @@ def _download_once(
     timeout: float,
     progress: bool,
 ) -> None:
-    """One request: continue ``part`` from its current size, or start it afresh."""
+    """One request: continue ``part`` from its current size if it is still the same file on
+    the server (If-Range), or start it afresh."""
     offset = part.stat().st_size if part.exists() else 0
+    version = _read_version(part) if offset else None
+    if offset and (version is None or version.get("url") != url):
+        log.info("%s: no record of which version of %s it holds; starting over", part, url)
+        _discard(part)
+        offset = 0
     # identity: sizes are those of the file, not of a gzip stream that requests would decode.
     headers = {"Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
+        if validator := _if_range(version):
+            headers["If-Range"] = validator
         log.info("resuming %s from byte %d", url, offset)
     with session.get(url, headers=headers, stream=True, timeout=timeout) as response:
         if response.status_code == 416 and offset:
             total = _total_behind_unsatisfiable_range(response, part, offset)
         else:
-            total = _receive(response, url, part, offset, expected_size, progress)
+            total = _receive(response, url, part, offset, version, expected_size, progress)
     _check_received_size(url, part, total, expected_size)
+
+
+def _read_version(part: Path) -> dict | None:
+    try:
+        return json.loads(version_path(part).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _if_range(version: dict) -> str | None:
+    """The validator to send as If-Range: a strong ETag, else the Last-Modified date."""
+    etag = version.get("etag")
+    if etag and not etag.startswith("W/"):  # weak ETags are not allowed in If-Range
+        return etag
+    return version.get("last_modified")
+
+
+def _same_version(version: dict | None, response: requests.Response, total: int | None) -> bool:
+    """Whether a 206 answer comes from the file the partial download was started on (in case
+    a server ignores If-Range, or sent no validator to begin with)."""
+    if version is None:
+        return True
+    for key, header in (("etag", "ETag"), ("last_modified", "Last-Modified")):
+        now = response.headers.get(header)
+        if version.get(key) and now and now != version[key]:
+            return False
+    return version.get("size") is None or total is None or version["size"] == total
 
 
 def _receive(
@@ -221,21 +290,34 @@ def _receive(
     url: str,
     part: Path,
     offset: int,
+    version: dict | None,
     expected_size: int | None,
     progress: bool,
 ) -> int | None:
     """Write the body of ``response`` into ``part``; return the file's announced total size."""
     _raise_for_status(response, url)
     offset, total = _resume_point(response, part, offset)
+    if offset and not _same_version(version, response, total):
+        _discard(part)
+        raise _TransientError("the file changed on the server since the download began")
     if total is not None and expected_size is not None and total != expected_size:
-        part.unlink(missing_ok=True)
+        _discard(part)
         raise DownloadError(
             f"{url}: the server offers {total} bytes but {expected_size} were expected; "
             "the file on the server changed or the expected size is wrong",
             url=url,
         )
+    part.parent.mkdir(parents=True, exist_ok=True)  # only now: a 404 leaves no folder behind
     if (size := total if total is not None else expected_size) is not None:
         require_free_space(part.parent, size - offset, f"downloading {url}")
+    if not offset:
+        record = {
+            "url": url,
+            "etag": response.headers.get("ETag"),
+            "last_modified": response.headers.get("Last-Modified"),
+            "size": total,
+        }
+        atomic_write_text(version_path(part), json.dumps(record) + "\n")
     with (
         part.open("ab" if offset else "wb") as sink,
         tqdm(
@@ -260,9 +342,25 @@ def _raise_for_status(response: requests.Response, url: str) -> None:
         return
     reason = f"HTTP {status} {response.reason}".rstrip()
     if status >= 500 or status in RETRYABLE_STATUSES:
-        raise _TransientError(reason)
+        raise _TransientError(reason, _retry_after(response.headers.get("Retry-After")))
     hint = " (check the dataset name and the server address)" if status == 404 else ""
     raise DownloadError(f"{url}: {reason}{hint}", url=url, status=status)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header: a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _resume_point(response: requests.Response, part: Path, offset: int) -> tuple[int, int | None]:
@@ -271,7 +369,7 @@ def _resume_point(response: requests.Response, part: Path, offset: int) -> tuple
         content_range = response.headers.get("Content-Range", "")
         start, total = _parse_content_range(content_range)
         if start != offset:
-            part.unlink(missing_ok=True)
+            _discard(part)
             raise _TransientError(
                 f"the answer to a resume from byte {offset} has Content-Range "
                 f"{content_range!r}; starting over"
@@ -289,7 +387,7 @@ def _total_behind_unsatisfiable_range(response: requests.Response, part: Path, o
     if total == offset:
         log.info("%s already holds all %d bytes", part, offset)
         return total
-    part.unlink(missing_ok=True)
+    _discard(part)
     raise _TransientError(f"server cannot resume from byte {offset} (HTTP 416); starting over")
 
 
@@ -314,7 +412,7 @@ def _check_received_size(
         return
     if size < wanted:
         raise _TransientError(f"the body ended after {size} of {wanted} bytes")
-    part.unlink()
+    _discard(part)
     raise DownloadError(
         f"{url}: received {size} bytes but {wanted} were expected; "
         "the file on the server changed or the expected size is wrong",
@@ -404,21 +502,16 @@ def extract_zip(
     zip_path, dest_dir = Path(zip_path), Path(dest_dir)
     if dest_dir.exists():
         raise FileExistsError(f"{dest_dir} already exists; extract into a folder not made yet")
-    dest_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(
-        tempfile.mkdtemp(dir=dest_dir.parent, prefix=f".{dest_dir.name}.", suffix=".part")
-    )
-    try:
+    # The staging folder is made like any folder (the umask's mode): it may become the dataset.
+    with atomic_output(dest_dir) as staging:
+        staging.mkdir()
         with _open_zip(zip_path) as archive:
             members = [(info, _member_path(info, zip_path)) for info in archive.infolist()]
+            _check_member_kinds(members, zip_path)
             declared = sum(info.file_size for info in archive.infolist())
             _check_declared_size(zip_path, declared, max_bytes)
             require_free_space(dest_dir.parent, declared, f"extracting {zip_path}")
             written = _extract_members(archive, members, staging, zip_path, max_bytes)
-        os.replace(staging, dest_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     log.info(
         "extracted %d members (%d bytes) of %s to %s", len(members), written, zip_path, dest_dir
     )
@@ -457,6 +550,29 @@ def _member_path(info: zipfile.ZipInfo, zip_path: Path) -> PurePosixPath:
             f"{zip_path}: member {info.filename!r} {problem}; refusing to extract this archive"
         )
     return path
+
+
+def _check_member_kinds(members: list[tuple[zipfile.ZipInfo, PurePosixPath]], zip_path: Path):
+    """Refuse a path that is both a file and a folder (``X/01`` and ``X/01/t000.tif``), and a
+    file that appears twice: the second would replace or collide with the first."""
+    files: set[PurePosixPath] = set()
+    folders: set[PurePosixPath] = set()
+    for info, path in members:
+        folders.update(path.parents)
+        if info.filename.replace("\\", "/").endswith("/"):
+            folders.add(path)
+        elif path in files:
+            raise UnsafeArchiveError(
+                f"{zip_path}: member {info.filename!r} appears twice; refusing to extract "
+                "this archive"
+            )
+        else:
+            files.add(path)
+    if both := sorted(files & folders):
+        raise UnsafeArchiveError(
+            f"{zip_path}: member {both[0].as_posix()!r} is both a file and a folder; refusing "
+            "to extract this archive"
+        )
 
 
 def _check_declared_size(zip_path: Path, declared: int, max_bytes: int) -> None:
@@ -512,10 +628,6 @@ def _copy_member(
             f"{zip_path}: member {info.filename!r} is damaged ({exc}); "
             "delete the zip and download it again"
         ) from exc
-    except FileExistsError:
-        raise UnsafeArchiveError(
-            f"{zip_path}: member {info.filename!r} appears twice; refusing to extract this archive"
-        ) from None
     return copied
 
 
@@ -559,7 +671,7 @@ def download_dataset(
     is done. Download options are those of :func:`download_file`.
     """
     urls = dataset_urls(ctc_name, kind, base_url)
-    dest_root = Path(dest_root)
+    dest_root = ctc.check_output(dest_root, folder=True)
     dataset_dir = dest_root / ctc_name
     if _is_dataset(dataset_dir):
         log.info("%s is already there; nothing to do", dataset_dir)
@@ -639,7 +751,11 @@ def _download_first_found(
 
 
 def _unpack_dataset(zip_path: Path, dataset_dir: Path, max_bytes: int) -> list[str]:
-    """Extract next to ``dataset_dir``, check the CTC layout, then rename into place."""
+    """Extract next to ``dataset_dir``, check the CTC layout, then rename into place.
+
+    A damaged zip is deleted; a refused one (unsafe, or no CTC dataset inside) is renamed to
+    ``<zip>.refused``: either way the next run downloads it again.
+    """
     staging = dataset_dir.with_name(f".{dataset_dir.name}.unpacked")
     shutil.rmtree(staging, ignore_errors=True)  # left behind by an interrupted run
     try:
@@ -651,18 +767,30 @@ def _unpack_dataset(zip_path: Path, dataset_dir: Path, max_bytes: int) -> list[s
                 f"{zip_path} is damaged and has been deleted: run again to download it afresh "
                 f"(details: {exc})"
             ) from exc
+        except UnsafeArchiveError as exc:
+            raise UnsafeArchiveError(f"{exc}; {_set_aside(zip_path)}") from exc
         root = _dataset_root(staging, dataset_dir.name)
         try:
             sequences = ctc.discover_sequences(root)
         except ctc.CTCFormatError:
             raise ctc.CTCFormatError(
                 f"{zip_path} does not hold a CTC dataset: no folder such as 01/ with t000.tif ... "
-                "at its top or inside one top-level folder"
+                f"at its top or inside one top-level folder; {_set_aside(zip_path)}"
             ) from None
         os.replace(root, dataset_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return sequences
+
+
+def _set_aside(zip_path: Path) -> str:
+    """Rename a refused zip so that it is not used again; say where it went."""
+    refused = zip_path.with_name(zip_path.name + ".refused")
+    os.replace(zip_path, refused)
+    return (
+        f"it was moved to {refused} for inspection (delete it when done); running again "
+        "downloads the zip afresh"
+    )
 
 
 def _dataset_root(extracted: Path, ctc_name: str) -> Path:

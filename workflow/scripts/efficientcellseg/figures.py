@@ -13,6 +13,7 @@ import numpy as np
 from skimage.segmentation import find_boundaries
 
 from . import ctc
+from .files import atomic_output
 from .pseudocolor import pseudocolor_frame
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,8 @@ def overlay_figure(
     for ax in axes.ravel():
         ax.set_axis_off()
     fig.tight_layout()
-    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=80)
+    with atomic_output(out_png) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
 
 

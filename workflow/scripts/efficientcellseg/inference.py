@@ -312,7 +312,12 @@ def onnxruntime_session(path: str | os.PathLike, threads: int, *, spinning: bool
 
 
 def _onnx_predictor(model_path: Path, threads: int, streams: int) -> Predict:
-    session = onnxruntime_session(onnx_path(model_path), max(1, threads // streams))
+    from .model import ModelFileError
+
+    try:
+        session = onnxruntime_session(onnx_path(model_path), max(1, threads // streams))
+    except Exception as exc:
+        raise ModelFileError(onnx_path(model_path), "ONNX Runtime", exc) from exc
     name = session.get_inputs()[0].name
     on_gpu = session.get_providers()[0] == "CUDAExecutionProvider"
 
@@ -367,8 +372,14 @@ def _openvino_predictor(model_path: Path, threads: int, streams: int, precision:
     if device == "CPU" and precision == "f32" and has_bf16:
         log.info("this CPU supports bfloat16: precision bf16 would be about twice as fast")
     streams = streams if device == "CPU" else 1
+    try:
+        network = core.read_model(str(onnx_path(model_path)))
+    except Exception as exc:
+        from .model import ModelFileError
+
+        raise ModelFileError(onnx_path(model_path), "OpenVINO", exc) from exc
     compiled = core.compile_model(
-        str(onnx_path(model_path)), device, openvino_config(device, threads, streams, precision)
+        network, device, openvino_config(device, threads, streams, precision)
     )
     if streams == 1:
         request = compiled.create_infer_request()

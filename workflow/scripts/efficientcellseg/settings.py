@@ -23,7 +23,21 @@ SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
 
 class SettingsError(ValueError):
-    """A setting is missing, unknown or out of range; the message names its key."""
+    """A setting is missing, unknown or out of range; the message names its key.
+
+    ``problems``: one ``key: what is wrong`` line per problem found.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems or [message])
+
+    @classmethod
+    def listing(cls, title: str, problems: list[str]) -> SettingsError:
+        """``title: problem`` on one line, or the problems below the title, one per line."""
+        if len(problems) == 1:
+            return cls(f"{title}: {problems[0]}", problems)
+        return cls(f"{title}:\n" + "\n".join(f"  {p}" for p in problems), problems)
 
 
 # --- the schema -----------------------------------------------------------------------------
@@ -81,8 +95,8 @@ def check_against_schema(values: Any, definition: str | None, where: str) -> Non
         _validator(definition).iter_errors(_jsonable(values)), key=lambda e: list(e.absolute_path)
     )
     if errors:
-        lines = [f"  {_key_path(where, e.absolute_path)}: {e.message}" for e in errors]
-        raise SettingsError("invalid settings:\n" + "\n".join(lines))
+        lines = [f"{_key_path(where, e.absolute_path)}: {e.message}" for e in errors]
+        raise SettingsError.listing("invalid settings", lines)
 
 
 def _key_path(where: str, path) -> str:
@@ -267,7 +281,13 @@ def resolve_model(spec: str | os.PathLike | dict | ModelConfig) -> ModelConfig:
         )
     import yaml
 
-    return resolve_model(yaml.safe_load(path.read_text()))
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(values, dict):
+        raise SettingsError(f"{path}: expected a mapping of model settings (key: value lines)")
+    return resolve_model(values)
 
 
 @dataclass(frozen=True)
@@ -633,16 +653,16 @@ class WorkflowSettings:
         return [self.datasets[name] for name in self.submission]
 
 
-def workflow_settings(config: dict[str, Any]) -> WorkflowSettings:
-    """Check the workflow config against the schema (listing every problem with its key path)
-    and return it typed, each dataset merged over ``defaults``."""
+def workflow_settings(
+    config: dict[str, Any],
+    source: str = "the workflow config (config/config.yaml and any --configfile)",
+) -> WorkflowSettings:
+    """Check the workflow config (read from ``source``) against the schema, listing every
+    problem with its key path, and return it typed, each dataset merged over ``defaults``."""
     try:
         check_against_schema(config, None, "")
     except SettingsError as exc:
-        raise SettingsError(
-            "the workflow config (config/config.yaml and any --configfile) is not valid:\n"
-            + str(exc).split("\n", 1)[1]
-        ) from None
+        raise SettingsError.listing(f"{source} is not valid", exc.problems) from None
     datasets = {name: dataset_settings(config, name) for name in config["datasets"]}
     submission = tuple(config.get("submission", schema()["properties"]["submission"]["default"]))
     unknown = [name for name in submission if name not in datasets]

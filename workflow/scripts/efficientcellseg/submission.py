@@ -22,7 +22,6 @@ import logging
 import os
 import re
 import shutil
-import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,9 +129,19 @@ def _requirement_name(line: str) -> str:
 
 
 def _copy_code(target: Path) -> None:
+    """Copy the library; files and folders are made anew, so they get the umask's mode (as
+    the rest of the submission), not the mode of the checkout they come from."""
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(PACKAGE_DIR, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    target.mkdir(parents=True)
+    for source in sorted(PACKAGE_DIR.rglob("*")):
+        if "__pycache__" in source.parts or source.suffix == ".pyc":
+            continue
+        copy = target / source.relative_to(PACKAGE_DIR)
+        if source.is_dir():
+            copy.mkdir()
+        else:
+            shutil.copyfile(source, copy)
 
 
 def _copy_models(source: Path, target: Path) -> dict[str, dict]:
@@ -141,21 +150,22 @@ def _copy_models(source: Path, target: Path) -> dict[str, dict]:
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
-    shutil.copy2(source / "pipeline.json", target / "pipeline.json")
+    shutil.copyfile(source / "pipeline.json", target / "pipeline.json")
     networks = {}
     for task in settings.networks:
         model = source / MODEL_FILES[task]
         for path in (model, model.with_suffix(".json"), model.with_suffix(".onnx")):
             if not path.is_file():
                 raise FileNotFoundError(f"{path} missing: train the models first")
-            shutil.copy2(path, target / path.name)
+            shutil.copyfile(path, target / path.name)  # the umask's mode, not the source's
         networks[task] = read_metadata(model)
     return networks
 
 
 def _write_executable(path: Path, text: str) -> None:
     path.write_text(text)
-    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    mode = path.stat().st_mode
+    path.chmod(mode | (mode & 0o444) >> 2)  # executable by whoever may read it
 
 
 def _write_script(out_dir: Path, dataset: SubmissionDataset, sequence: str, networks: dict):

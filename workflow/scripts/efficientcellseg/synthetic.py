@@ -74,29 +74,30 @@ def write_synthetic_dataset(out_dir: str | Path, spec: SyntheticSpec | None = No
     spec = spec or SyntheticSpec()
     out_dir = Path(out_dir)
     summary = {"path": str(out_dir), "spec": asdict(spec), "sequences": {}}
-    for index in range(spec.n_sequences):
-        name = f"{index + 1:02d}"
-        data = generate_sequence(spec, index)
-        seq_summary = _write_sequence(out_dir, name, data, spec)
-        summary["sequences"][name] = seq_summary
-        log.info(
-            "sequence %s: %d frames %s, %d full GT, %d slice GT, %d ST files",
-            name,
-            spec.n_frames,
-            "x".join(map(str, spec.shape)),
-            seq_summary["gt_full"],
-            seq_summary["gt_slices"],
-            seq_summary["st"],
+    with ctc.new_dataset(out_dir) as folder:
+        for index in range(spec.n_sequences):
+            name = f"{index + 1:02d}"
+            data = generate_sequence(spec, index)
+            seq_summary = _write_sequence(folder, name, data, spec)
+            summary["sequences"][name] = seq_summary
+            log.info(
+                "sequence %s: %d frames %s, %d full GT, %d slice GT, %d ST files",
+                name,
+                spec.n_frames,
+                "x".join(map(str, spec.shape)),
+                seq_summary["gt_full"],
+                seq_summary["gt_slices"],
+                seq_summary["st"],
+            )
+        (folder / "README.txt").write_text(
+            "Synthetic CTC-layout dataset made by `efficientcellseg synthetic`.\n"
+            f"Settings: {asdict(spec)}\n"
+            "0X_GT/SEG: exact masks (full masks on even frames; per-slice masks on odd frames\n"
+            "  of 3D data).\n"
+            "0X_GT/TRA: markers (nucleus centres) of every frame with man_track.txt.\n"
+            "0X_ST/SEG: silver truth of every frame: exact masks with ~30% of nuclei one voxel "
+            "too small.\n"
         )
-    (out_dir / "README.txt").write_text(
-        "Synthetic CTC-layout dataset made by `efficientcellseg synthetic`.\n"
-        f"Settings: {asdict(spec)}\n"
-        "0X_GT/SEG: exact masks (full masks on even frames; per-slice masks on odd frames\n"
-        "  of 3D data).\n"
-        "0X_GT/TRA: markers (nucleus centres) of every frame with man_track.txt.\n"
-        "0X_ST/SEG: silver truth of every frame: exact masks with ~30% of nuclei one voxel "
-        "too small.\n"
-    )
     return summary
 
 

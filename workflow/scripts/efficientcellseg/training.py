@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from . import ctc
-from .files import atomic_output
+from .files import atomic_output, atomic_write_text
 from .model import (
     EncoderInitialisation,
     build_model,
@@ -94,15 +94,23 @@ def train_model_folder(
 
     The pseudocolored slices of each sequence are kept in ``MODEL_DIR/.slices`` until every
     network is trained, and each network resumes from its checkpoint, so running the same
-    command again after an interruption continues where it stopped. Returns the metadata of
-    each network.
+    command again after an interruption continues where it stopped. A network is kept only
+    if it was trained with the same settings on the same files (frames and annotations, by
+    SHA-256), so training another dataset into the same folder trains again. Returns the
+    metadata of each network.
     """
     from .segment import write_pipeline_settings
 
     encoder = resolve_encoder_weights(dataset.model)  # missing weights stop before any work
     dataset_dir, model_dir = Path(dataset_dir), Path(model_dir)
+    ctc.check_output(model_dir, inputs=[dataset_dir], folder=True)
     sequences = sequences or ctc.discover_sequences(dataset_dir)
-    cache = model_dir / ".slices"
+    sources = training_sources(dataset_dir, sequences)
+    cache, stamp = model_dir / ".slices", model_dir / ".slices" / "sources"
+    if cache.exists() and not (stamp.is_file() and stamp.read_text() == sources):
+        shutil.rmtree(cache)  # slices of other files
+    if not cache.exists():
+        atomic_write_text(stamp, sources)
     slice_files = []
     for sequence in sequences:
         path = cache / f"{sequence}.npz"
@@ -113,13 +121,17 @@ def train_model_folder(
     for task in dataset.networks:
         outputs = TrainingOutputs.in_folder(model_dir, task)
         settings = dataset.training_settings(task)
-        done = _finished_network(outputs, dataset.model, settings, sequences)
+        done = _finished_network(outputs, dataset.model, settings, sequences, sources)
         metadata[task] = done or train_network(
             slice_files,
             outputs,
             dataset.model,
             settings,
-            description={"dataset": dataset.name, "trained_on_sequences": list(sequences)},
+            description={
+                "dataset": dataset.name,
+                "trained_on_sequences": list(sequences),
+                "training_sources": sources,
+            },
             threads=threads,
             encoder=encoder,
         )
@@ -128,10 +140,29 @@ def train_model_folder(
     return metadata
 
 
+def training_sources(dataset_dir: str | Path, sequences: list[str]) -> str:
+    """SHA-256 over the files the training slices of ``sequences`` come from: every annotation
+    (GT and ST) and the frames it annotates."""
+    digest = hashlib.sha256()
+    for sequence in sequences:
+        seq = ctc.open_sequence(dataset_dir, sequence)
+        annotations = [*seq.gt_seg, *seq.st_seg]
+        frames = sorted({ann.frame for ann in annotations})
+        for path in [*(seq.frames[f] for f in frames), *(ann.path for ann in annotations)]:
+            digest.update(f"{sequence}/{path.parent.name}/{path.name}".encode() + b"\0")
+            with path.open("rb") as fh:
+                digest.update(hashlib.file_digest(fh, "sha256").digest())
+    return digest.hexdigest()
+
+
 def _finished_network(
-    outputs: TrainingOutputs, model_config: ModelConfig, settings: TrainingSettings, sequences
+    outputs: TrainingOutputs,
+    model_config: ModelConfig,
+    settings: TrainingSettings,
+    sequences,
+    sources: str,
 ) -> dict[str, Any] | None:
-    """The metadata of a network already trained with these settings on these sequences."""
+    """The metadata of a network already trained with these settings on these files."""
     if not (outputs.model.is_file() and outputs.model.with_suffix(".onnx").is_file()):
         return None
     try:
@@ -143,6 +174,7 @@ def _finished_network(
         and metadata.get("training") == settings.to_dict()
         and metadata.get("trained_on_sequences") == list(sequences)
         and metadata.get("code_version") == CODE_VERSIONS["training"]
+        and metadata.get("training_sources") == sources
     )
     if same:
         log.info("%s is trained with these settings already: kept", outputs.model)
@@ -279,8 +311,8 @@ def train(
         **(description or {}),
     }
     save_model(best_model, outputs.model, metadata)
-    outputs.log_csv.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(checkpoints.log_csv, outputs.log_csv)
+    with atomic_output(outputs.log_csv) as tmp:
+        shutil.copyfile(checkpoints.log_csv, tmp)
     plot_training_curve(
         outputs.log_csv,
         outputs.curve_png,
@@ -644,8 +676,8 @@ def plot_training_curve(
     import matplotlib.pyplot as plt
 
     fig = training_curve_figure(read_training_log(log_csv), best_epoch, title)
-    Path(png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=100)
+    with atomic_output(png) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
 
