@@ -57,8 +57,13 @@ import numpy as np
 
 from efficientcellseg import ctc, inference
 from efficientcellseg.segment import PipelineSettings, Segmenter, write_pipeline_settings
-from efficientcellseg.settings import PostprocessSettings, TileSettings, open_predictor
-from efficientcellseg.synthetic import SyntheticSpec, generate_sequence
+from efficientcellseg.settings import (
+    PostprocessSettings,
+    SyntheticSpec,
+    TileSettings,
+    open_predictor,
+)
+from efficientcellseg.synthetic import generate_sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = ROOT / ".cache" / "bench_models"

@@ -34,7 +34,8 @@ import numpy as np
 from efficientcellseg import ctc
 from efficientcellseg.metrics import evaluate_sequence
 from efficientcellseg.samples import WHEEL_FILE, write_cho_dataset
-from efficientcellseg.synthetic import SyntheticSpec, write_synthetic_dataset
+from efficientcellseg.settings import SyntheticSpec
+from efficientcellseg.synthetic import write_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = ROOT / ".cache"

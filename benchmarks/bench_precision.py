@@ -31,9 +31,14 @@ from efficientcellseg.inference import export_onnx, open_predictor, predict_slic
 from efficientcellseg.metrics import evaluate_sequence
 from efficientcellseg.pseudocolor import pseudocolor_frame
 from efficientcellseg.segment import PipelineSettings, segment_sequence, write_pipeline_settings
-from efficientcellseg.settings import PostprocessSettings, resolve_model
-from efficientcellseg.synthetic import SyntheticSpec, write_synthetic_dataset
-from efficientcellseg.training import TrainingOutputs, TrainingSettings, train
+from efficientcellseg.settings import (
+    PostprocessSettings,
+    SyntheticSpec,
+    TrainingSettings,
+    resolve_model,
+)
+from efficientcellseg.synthetic import write_synthetic_dataset
+from efficientcellseg.training import TrainingOutputs, train
 from efficientcellseg.training_data import collect_annotated_slices, save_annotated_slices
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -28,7 +28,8 @@ import numpy as np
 
 from efficientcellseg.pseudocolor import pseudocolor_stack
 from efficientcellseg.samples import WHEEL_FILE, read_cho_sample
-from efficientcellseg.synthetic import SyntheticSpec, generate_sequence
+from efficientcellseg.settings import SyntheticSpec
+from efficientcellseg.synthetic import generate_sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = ROOT / ".cache"

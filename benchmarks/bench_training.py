@@ -42,8 +42,8 @@ def child(variant: str, config_name: str, size: int, batch: int, warmup: int, st
 
     from efficientcellseg.keras_parts import ThresholdedIoU, dice_loss
     from efficientcellseg.model import build_model
-    from efficientcellseg.settings import resolve_model
-    from efficientcellseg.training import TrainingSettings, _TrainingBatches
+    from efficientcellseg.settings import TrainingSettings, resolve_model
+    from efficientcellseg.training import _TrainingBatches
 
     if variant == "threads":
         import tensorflow as tf
@@ -97,7 +97,8 @@ def _slices(size: int):
     import numpy as np
 
     from efficientcellseg.pseudocolor import pseudocolor_stack
-    from efficientcellseg.synthetic import SyntheticSpec, generate_sequence
+    from efficientcellseg.settings import SyntheticSpec
+    from efficientcellseg.synthetic import generate_sequence
     from efficientcellseg.training_data import AnnotatedSlices
 
     spec = SyntheticSpec(seed=0, n_frames=1, depth=10, height=size, width=size, n_objects=40)

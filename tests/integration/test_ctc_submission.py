@@ -20,7 +20,8 @@ from workflow_runs import CTC_NAME, TINY_MIN_SEG
 
 from efficientcellseg import ctc
 from efficientcellseg.metrics import evaluate_sequence
-from efficientcellseg.synthetic import SyntheticSpec, write_synthetic_dataset
+from efficientcellseg.settings import SyntheticSpec
+from efficientcellseg.synthetic import write_synthetic_dataset
 
 pytestmark = pytest.mark.slow
 SEQUENCES = ("01", "02")

@@ -30,7 +30,8 @@ from efficientcellseg.segment import (
     segment_sequence,
     write_pipeline_settings,
 )
-from efficientcellseg.synthetic import SyntheticSpec, write_synthetic_dataset
+from efficientcellseg.settings import SyntheticSpec
+from efficientcellseg.synthetic import write_synthetic_dataset
 
 
 @pytest.fixture(scope="module")

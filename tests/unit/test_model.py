@@ -344,3 +344,53 @@ def test_thresholded_iou_accepts_soft_targets() -> None:
     assert float(metric.result()) == pytest.approx(1 / 3)  # 1 in both, 3 in either
     metric.reset_state()
     assert float(metric.result()) == 0.0
+
+
+def _error_vs_signal(output, reference) -> float:
+    """||output - reference|| over the variation of ``reference`` about its channel means."""
+    output, reference = (np.asarray(a, np.float64) for a in (output, reference))
+    signal = reference - reference.mean(axis=(0, 1, 2), keepdims=True)
+    return float(np.linalg.norm(output - reference) / np.linalg.norm(signal))
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_keeps_the_imagenet_normalised_input_in_float32(policy) -> None:
+    """Pseudocolor in [0, 1] with input_scale 1 reaches the stem as ~-2.1 + 0.017 * value after
+    ImageNet normalisation: bfloat16 (spacing 0.0156 near 2) loses the image there, float16
+    most of it; with ``keep_input_in_float32`` the stem computes exactly as in float32."""
+    import keras
+
+    from efficientcellseg.model import keep_input_in_float32
+
+    config = ModelConfig(**{**PRESETS["tiny"].to_dict(), "input_scale": 1.0, "input_size": 32})
+    x = np.random.default_rng(4).random((2, 32, 32, 3), dtype=np.float32)
+
+    def built(mixed_policy: str | None, keep: bool = False):
+        previous = keras.mixed_precision.global_policy().name
+        keras.mixed_precision.set_global_policy(mixed_policy or "float32")
+        try:
+            model = build_model(config)
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
+        if keep:
+            changed = keep_input_in_float32(model)
+            assert changed[:2] == ["resize_in", "input_scale"] and changed[-1] == "stem_bn"
+        norm = next(la for la in model.layers if isinstance(la, keras.layers.Normalization))
+        *_, count = norm.get_weights()  # ImageNet mean and variance, as its weights bring
+        norm.set_weights([np.array([0.485, 0.456, 0.406]), np.square([0.229, 0.224, 0.225]), count])
+        norm.finalize_state()
+        return model, keras.Model(model.inputs, [norm.output, model.get_layer("stem_bn").output])
+
+    reference, reference_probe = built(None)
+    weights = reference.get_weights()
+    expected_norm, expected_stem = reference_probe(x)
+    lost = {"mixed_bfloat16": 1.0, "mixed_float16": 0.1}[policy]  # measured: 2.99 and 0.24
+    mixed, probe = built(policy)
+    mixed.set_weights(weights)
+    assert _error_vs_signal(probe(x)[0], expected_norm) > lost
+    fixed, probe = built(policy, keep=True)
+    fixed.set_weights(weights)
+    norm, stem = probe(x)
+    np.testing.assert_allclose(np.asarray(norm), np.asarray(expected_norm), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(stem), np.asarray(expected_stem), rtol=1e-5, atol=1e-6)
+    assert fixed.get_layer("block1a_dwconv").compute_dtype == policy.removeprefix("mixed_")

@@ -22,7 +22,8 @@ from efficientcellseg.postprocess import (
     postprocess_frame,
     select_objects,
 )
-from efficientcellseg.synthetic import SyntheticSpec, generate_sequence
+from efficientcellseg.settings import SyntheticSpec
+from efficientcellseg.synthetic import generate_sequence
 from efficientcellseg.targets import centre_heatmap
 
 SYNTHETIC = {"min_area": 15, "min_volume": 40}  # as config/config.yaml uses for synthetic data

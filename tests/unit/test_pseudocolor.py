@@ -29,7 +29,8 @@ from efficientcellseg.pseudocolor import (
     pseudocolor_stack,
     threshold_tries,
 )
-from efficientcellseg.synthetic import SyntheticSpec, generate_sequence
+from efficientcellseg.settings import SyntheticSpec
+from efficientcellseg.synthetic import generate_sequence
 
 TOLERANCE = 1e-6
 

@@ -9,7 +9,8 @@ import pytest
 from scipy import ndimage
 
 from efficientcellseg import ctc
-from efficientcellseg.synthetic import SyntheticSpec, generate_sequence, write_synthetic_dataset
+from efficientcellseg.settings import SyntheticSpec
+from efficientcellseg.synthetic import generate_sequence, write_synthetic_dataset
 
 
 def test_same_seed_same_data_other_seed_other_data() -> None:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from efficientcellseg.synthetic import SyntheticSpec, generate_sequence
+from efficientcellseg.settings import SyntheticSpec
+from efficientcellseg.synthetic import generate_sequence
 from efficientcellseg.targets import MIN_SIGMA, SIGMA_FRACTION, centre_heatmap, foreground_target
 
 

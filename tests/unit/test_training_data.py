@@ -11,10 +11,10 @@ from scipy import ndimage
 
 from efficientcellseg import ctc
 from efficientcellseg.pseudocolor import pseudocolor_frame
+from efficientcellseg.settings import Augmentation
 from efficientcellseg.targets import centre_heatmap
 from efficientcellseg.training_data import (
     AnnotatedSlices,
-    Augmentation,
     collect_annotated_slices,
     load_annotated_slices,
     prepare_sample,
