@@ -20,7 +20,7 @@ import pytest
 
 from efficientcellseg import ctc
 from efficientcellseg.model import read_metadata
-from efficientcellseg.settings import PRESETS, SyntheticSpec, resolve_model
+from efficientcellseg.settings import PRESETS, SyntheticSpec, TrainingSettings, resolve_model
 from efficientcellseg.synthetic import write_synthetic_dataset
 from efficientcellseg.training import (
     LOG_COLUMNS,
