@@ -111,6 +111,7 @@ class Segmenter:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         self.batch_size = batch_size
+        self.threads = threads
         self.timings: dict[str, float] = defaultdict(float)
         tasks = ["segmentation"] + (["centres"] if self.settings.needs_centres else [])
         self.predictors = {}
@@ -133,7 +134,7 @@ class Segmenter:
         two. The heatmap is 0 on the slices skipped.
         """
         with self._timed("pseudocolor"):
-            colour = pseudocolor_frame(frame)
+            colour = pseudocolor_frame(frame, threads=self.threads)
         slices = colour if frame.ndim == 3 else colour[None]
         with self._timed("segmentation"):
             maps = {"segmentation": self._predict("segmentation", slices)}
