@@ -116,6 +116,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("export", help="export a trained .keras network to ONNX beside it")
     p.add_argument("model", type=Path, help="the .keras file")
     p.set_defaults(handler=_export)
+
+    p = commands.add_parser(
+        "quantize", help="quantize a model folder's exported networks to int8 (precision int8)"
+    )
+    p.add_argument("model_dir", type=Path, help="model folder with segmentation.onnx (+ centres)")
+    p.add_argument(
+        "--slices",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="pseudocolored training slices to calibrate on (.npz, e.g. "
+        "results/<ds>/pseudocolor/01.npz)",
+    )
+    p.add_argument(
+        "--count", type=int, default=300, help="calibration slices, spread evenly (default 300)"
+    )
+    p.add_argument(
+        "--int8-last-stage",
+        action="store_true",
+        help="quantize the last decoder stage and the head too (default: they stay in float, "
+        "~13%% slower, fewer pixels change class)",
+    )
+    p.set_defaults(handler=_quantize)
     # -- predict command --
     p = commands.add_parser(
         "predict", help="segment one CTC sequence with a model folder (as the CTC scripts do)"
@@ -128,8 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--precision",
         default="f32",
-        choices=["f32", "bf16"],
-        help="bf16: OpenVINO in bfloat16 on CPUs with AMX/AVX512-BF16, ~2x faster (default f32)",
+        choices=["f32", "bf16", "int8"],
+        help="bf16: OpenVINO in bfloat16 on CPUs with AMX/AVX512-BF16, ~2x faster; int8: the "
+        "networks quantized by `efficientcellseg quantize` (default f32)",
     )
     p.add_argument(
         "--threads", type=int, help="CPU threads (default, or 0: all cores available to it)"
@@ -229,6 +253,16 @@ def _export(args: argparse.Namespace) -> None:
     from .inference import export_onnx
 
     print(f"wrote {export_onnx(args.model)}")
+
+
+def _quantize(args: argparse.Namespace) -> None:
+    from .quantize import quantize_model_folder
+
+    written = quantize_model_folder(
+        args.model_dir, args.slices, args.count, float_last_stage=not args.int8_last_stage
+    )
+    for path in written:
+        print(f"wrote {path} and {path.with_suffix('.bin').name}")
 
 
 def _predict(args: argparse.Namespace) -> None:

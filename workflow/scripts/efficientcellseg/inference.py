@@ -4,7 +4,9 @@ Backends: ``keras`` (a compiled TensorFlow function on the ``.keras`` file), ``o
 Runtime) and ``openvino`` (OpenVINO, reading the same ONNX file). The ONNX file is exported
 beside the ``.keras`` model after training (:func:`export_onnx`). All three compute in float32
 and agree to 1e-4 (tested; about 1e-5 with random weights); on request (``precision="bf16"``)
-OpenVINO computes in bfloat16 on CPUs with AMX or AVX512-BF16, about twice as fast. ``auto``
+OpenVINO computes in bfloat16 on CPUs with AMX or AVX512-BF16, about twice as fast, and
+(``precision="int8"``) runs the int8 OpenVINO IR that :mod:`.quantize` stores beside the ONNX
+file (made once per model with ``efficientcellseg quantize``). ``auto``
 (:func:`choose_backend`) takes TensorFlow when it sees a GPU, and otherwise the fastest CPU
 backend measured with ``benchmarks/bench_inference.py`` that can run here (OpenVINO, then ONNX
 Runtime, then TensorFlow).
@@ -47,7 +49,8 @@ RUNTIME_MODULES = {"keras": "tensorflow", "onnx": "onnxruntime", "openvino": "op
 DEFAULT_BATCH_SIZE = 4  # slices (or tiles) per call; see benchmarks/bench_inference.py
 DEFAULT_STREAMS = 2  # slices computed at once by the ONNX backends on a CPU (ditto)
 ONNX_OPSET = 17
-PRECISIONS = ("f32", "bf16")  # bf16: OpenVINO on a CPU with bfloat16 instructions only
+# bf16: OpenVINO on a CPU with bfloat16 instructions only; int8: OpenVINO, quantized IR (any CPU)
+PRECISIONS = ("f32", "bf16", "int8")
 
 Predict = Callable[[np.ndarray], np.ndarray]  # (N, H, W, 3) float32 -> (N, H, W) float32
 
@@ -216,6 +219,9 @@ def open_predictor(
         ``f32`` (all backends) or ``bf16`` (OpenVINO on a CPU with AMX or AVX512-BF16, which
         ``auto`` then chooses unless TensorFlow sees a GPU): about twice as fast; probabilities
         move (by up to 0.1 for trained networks, where 5e-5 to 2e-4 of the pixels changed class).
+        ``int8``: OpenVINO on the CPU runs ``<model>.int8.xml`` (:func:`.quantize.quantized_path`,
+        made by ``efficientcellseg quantize``); the layers left in float run in f32. With a GPU
+        and backend ``auto``, bf16 and int8 give way to f32 on the GPU.
 
     Returns
     -------
@@ -225,14 +231,16 @@ def open_predictor(
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
-    if precision == "bf16":
+    if precision in ("bf16", "int8"):
         if backend not in ("auto", "openvino"):
-            raise ValueError(f"precision bf16 needs the openvino backend, not {backend}")
+            raise ValueError(f"precision {precision} needs the openvino backend, not {backend}")
         if backend == "auto" and gpu_available():
-            log.info("a GPU is present: using it in f32 (precision bf16 is for CPUs)")
+            log.info("a GPU is present: using it in f32 (precision %s is for CPUs)", precision)
             precision = "f32"
         else:
             backend = "openvino"
+    if precision == "int8":
+        _check_quantized(Path(model_path))
     backend = choose_backend(model_path, backend)
     threads = resolve_threads(threads)
     streams = max(1, min(threads, DEFAULT_STREAMS if streams is None else streams))
@@ -245,6 +253,21 @@ def open_predictor(
     if backend == "onnx":
         return _onnx_predictor(Path(model_path), threads, streams), backend
     return _openvino_predictor(Path(model_path), threads, streams, precision), backend
+
+
+def _check_quantized(model_path: Path) -> None:
+    from .quantize import quantized_path
+
+    path = quantized_path(model_path)
+    if not path.is_file() or not path.with_suffix(".bin").is_file():
+        raise FileNotFoundError(
+            f"{path} (and its .bin) missing for precision int8: quantize the model folder once "
+            f"with `efficientcellseg quantize {model_path.parent} --slices TRAINING_SLICES.npz "
+            "...` (the pseudocolored training slices, e.g. results/<ds>/pseudocolor/*.npz), or "
+            "use precision f32"
+        )
+    if not runtime_importable("openvino"):
+        raise RuntimeError("precision int8 needs the Python package openvino: install it")
 
 
 def _keras_predictor(model_path: Path, threads: int) -> Predict:
@@ -348,8 +371,13 @@ def _openvino_predictor(model_path: Path, threads: int, streams: int, precision:
     if device == "CPU" and precision == "f32" and has_bf16:
         log.info("this CPU supports bfloat16: precision bf16 would be about twice as fast")
     streams = streams if device == "CPU" else 1
+    network, hint = onnx_path(model_path), precision
+    if precision == "int8":  # int8 where NNCF quantized, the other layers in f32
+        from .quantize import quantized_path
+
+        network, hint = quantized_path(model_path), "f32"
     compiled = core.compile_model(
-        str(onnx_path(model_path)), device, openvino_config(device, threads, streams, precision)
+        str(network), device, openvino_config(device, threads, streams, hint)
     )
     if streams == 1:
         request = compiled.create_infer_request()
