@@ -10,9 +10,10 @@ and with one OpenCV thread. Per stack: median milliseconds per slice over the re
 * ``--against REV``: the library's pseudocolor.py at git revision REV, exactly as it was;
 * ``ours threads=N``: the library as it is, slices spread over N threads (1 and all cores);
 
-the ratio of each to ``previous``, whether ours equals previous bit for bit and the largest
-difference to plain (below 1e-6), and where the time goes (one profiled run with one slice
-thread: CLAHE, box blur, adaptive threshold, everything else).
+the fastest run and the median CPU time (all threads; on a shared machine a steadier measure of
+the work than wall-clock time), the ratio of each to ``previous``, whether ours equals previous
+bit for bit and the largest difference to plain (below 1e-6), and where the time goes (one
+profiled run with one slice thread: CLAHE, box blur, adaptive threshold, everything else).
 
 Stacks: a synthetic 30 x 512 x 512 uint16 stack (the shape of Fluo-C3DL-MDA231 frames), the same
 stack scaled to uint8, and a real Fluo-N3DH-CHO frame (5 x 443 x 512 uint8) when its wheel is
@@ -117,13 +118,12 @@ def benchmark_stacks(slices: int, size: int) -> dict[str, np.ndarray]:
     return stacks
 
 
-def median_ms_per_slice(function: Callable, stack: np.ndarray, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function(stack)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3 / len(stack)
+def ms_per_slice(function: Callable, stack: np.ndarray) -> tuple[float, float]:
+    """Wall-clock and CPU (all threads of the process) milliseconds per slice of one run."""
+    cpu, start = time.process_time(), time.perf_counter()
+    function(stack)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return wall * 1e3 / len(stack), cpu * 1e3 / len(stack)
 
 
 def stage_ms_per_slice(function: Callable, stack: np.ndarray) -> dict[str, float]:
@@ -155,22 +155,24 @@ def compare(name: str, stack: np.ndarray, candidates: dict[str, Callable], repea
         default = cv2.getNumThreads()
         cv2.setNumThreads(opencv_threads)
         try:
-            times: dict[str, list[float]] = {label: [] for label in candidates}
+            times: dict[str, list[tuple[float, float]]] = {label: [] for label in candidates}
             for _ in range(repeats):  # interleaved: load from other processes hits all alike
                 for label, function in candidates.items():
-                    times[label].append(median_ms_per_slice(function, stack, 1))
+                    times[label].append(ms_per_slice(function, stack))
             stages = {
                 label: stage_ms_per_slice(candidates[label], stack)
                 for label in ("previous", "ours threads=1")
             }
         finally:
             cv2.setNumThreads(default)
-        baseline = statistics.median(times["previous"])
+        baseline = statistics.median(wall for wall, _ in times["previous"])
         print(f"  OpenCV threads {opencv_threads}, load {os.getloadavg()[0]:.1f}:")
         for label, values in times.items():
-            median = statistics.median(values)
+            median = statistics.median(wall for wall, _ in values)
+            fastest = min(wall for wall, _ in values)
+            cpu = statistics.median(cpu for _, cpu in values)
             print(
-                f"    {label:20s} {median:8.2f} ms/slice (min {min(values):7.2f})   "
+                f"    {label:20s} {median:8.2f} ms/slice (min {fastest:7.2f}, CPU {cpu:7.2f})  "
                 f"{baseline / median:5.2f}x previous"
             )
         header = "".join(f"{label:>16s}" for label in stages)
