@@ -81,7 +81,7 @@ def trained_model_folder(args: argparse.Namespace) -> tuple[Path, Path]:
         print(f"trained: best validation IoU {metadata['best_val_iou']:.3f}")
         export_onnx(model)
     if args.requantize or not quantized_path(model).is_file():
-        print("quantizing to int8 on 300 training slices ...", flush=True)
+        print("quantizing to int8 on (up to) 300 training slices ...", flush=True)
         start = time.perf_counter()
         quantize_model_folder(models, slices)
         print(f"quantized in {time.perf_counter() - start:.0f} s")
