@@ -9,14 +9,16 @@ Modes (all print figures; nothing is asserted):
     are stand-ins that threshold the current slice (model.set_green_threshold_weights: random
     encoder, all layers computed), so the masks hold the synthetic cells and the centre network
     runs where a trained one would: on the slices with foreground. Per variant (keras, onnx,
-    openvino in f32, openvino-bf16): the median seconds per stack over the repeats (variants
+    openvino in f32, openvino-bf16, openvino-int8): the median seconds per stack over the
+    repeats (variants
     interleaved, so load from other processes hits all of them alike), the ratio to the first,
     and the median split per stage. ``--models DIR --sequence Fluo-X/01`` measures a trained
     model folder on the first ``--frames`` frames of a real sequence instead.
 ``sweep``
     The paper segmentation network alone on 512 x 512 slices: milliseconds per slice for batch
     sizes, threads, streams (slices computed at once), ONNX Runtime thread spinning, and, for
-    comparison, OpenVINO in bf16 (what ``predict --precision bf16`` runs). max|diff| is against
+    comparison, OpenVINO in bf16 and int8 (what ``predict --precision bf16/int8`` run; int8
+    is the network quantized by efficientcellseg.quantize). max|diff| is against
     keras: ~3e-4 for the f32 runtimes on these noise slices, because TensorFlow's and ONNX's
     bilinear resize (512 -> 384) differ in the last digits and the stand-ins' steep threshold
     multiplies input differences by 10; on 384x384 slices (no resize) it is 2e-7. What
@@ -29,10 +31,11 @@ Modes (all print figures; nothing is asserted):
     the figure is what the frame itself costs on top of them.
 
 Model folders are built once and kept in .cache/bench_models/ (the paper networks take about a
-minute to build and export).
+minute to build and export, and about as long to quantize: calibrated on the 30 pseudocolored
+slices of a synthetic stack made with another seed than the timed ones).
 
 Usage: .venv/bin/python benchmarks/bench_inference.py [--mode stack|sweep|tric] [--repeats 5]
-       [--frames 2] [--variants keras onnx openvino openvino-bf16] [--models DIR]
+       [--frames 2] [--variants keras onnx openvino openvino-bf16 openvino-int8] [--models DIR]
        [--sequence SEQ_DIR] (stack)
        [--backends keras onnx openvino (tric)] [--model paper|tiny (tric)]
 """
@@ -56,6 +59,8 @@ from pathlib import Path
 import numpy as np
 
 from efficientcellseg import ctc, inference
+from efficientcellseg.pseudocolor import pseudocolor_stack
+from efficientcellseg.quantize import quantize_network, quantized_path
 from efficientcellseg.segment import PipelineSettings, Segmenter, write_pipeline_settings
 from efficientcellseg.settings import (
     PostprocessSettings,
@@ -72,6 +77,7 @@ VARIANTS = {  # label: (backend, precision)
     "onnx": ("onnx", "f32"),
     "openvino": ("openvino", "f32"),
     "openvino-bf16": ("openvino", "bf16"),
+    "openvino-int8": ("openvino", "int8"),
 }
 BACKENDS = ("keras", "onnx", "openvino")
 STAND_IN_LEVELS = {"segmentation": 0.35, "centres": 0.65}  # green thresholds of the stand-ins
@@ -107,10 +113,14 @@ def model_folder(
             set_green_threshold_weights(model, config, STAND_IN_LEVELS[task], sharpness=40.0)
             save_model(model, path, {"config": config.to_dict(), "task": task})
             inference.export_onnx(path)
+        if not quantized_path(path).is_file():
+            print(f"quantizing the {preset} {task} network ...", flush=True)
+            calibration = pseudocolor_stack(synthetic_stacks(STACK_SHAPE, 1, 40, seed=1)[0])
+            quantize_network(inference.onnx_path(path), list(calibration), quantized_path(path))
     folder = CACHE_DIR / name
     folder.mkdir(parents=True, exist_ok=True)
     for task in tasks:
-        for suffix in (".keras", ".json", ".onnx"):
+        for suffix in (".keras", ".json", ".onnx", ".int8.xml", ".int8.bin"):
             source = networks / f"{task}{suffix}"
             target = folder / source.name
             if not target.is_file() or target.stat().st_mtime < source.stat().st_mtime:
@@ -119,10 +129,12 @@ def model_folder(
     return folder
 
 
-def synthetic_stacks(shape: tuple[int, int, int], frames: int, objects: int) -> np.ndarray:
+def synthetic_stacks(
+    shape: tuple[int, int, int], frames: int, objects: int, seed: int = 0
+) -> np.ndarray:
     """Frames (T, Z, Y, X) uint16 of synthetic nuclei, MDA231-like in size."""
     spec = SyntheticSpec(
-        seed=0,
+        seed=seed,
         n_frames=frames,
         depth=shape[0],
         height=shape[1],
@@ -181,7 +193,7 @@ def stack_mode(args: argparse.Namespace) -> None:
             frames = sorted(seq_dir.glob("t*.tif"))
         shape = ctc.read_image(frames[0]).shape
         bf16 = inference.cpu_has_bf16()
-        variants = [v for v in args.variants if VARIANTS[v][1] == "f32" or bf16]
+        variants = [v for v in args.variants if VARIANTS[v][1] != "bf16" or bf16]
         if variants != args.variants:
             print("this CPU has no bfloat16 instructions: bf16 variants left out")
         segmenters = {}
@@ -262,6 +274,11 @@ def sweep_candidates(model: Path, cores: int) -> dict[str, Callable[[np.ndarray]
         candidates[f"openvino bf16 streams={streams}"] = open_predictor(
             model, "openvino", threads=cores, streams=streams, precision="bf16"
         )[0]
+    for n in threads:
+        for streams in sorted({1, n}):
+            candidates[f"openvino int8 threads={n} streams={streams}"] = open_predictor(
+                model, "openvino", threads=n, streams=streams, precision="int8"
+            )[0]
     return candidates
 
 

@@ -1,12 +1,14 @@
-"""What inference in bfloat16 costs in accuracy: a trained network run by OpenVINO in f32 and bf16.
+"""What reduced precision costs in accuracy: a trained network run by OpenVINO in f32, bf16, int8.
 
-``bench_inference.py`` measures how much faster bf16 is (OpenVINO on a CPU with AMX or
-AVX512-BF16); this measures what it changes, on a network that has learned something: the tiny
-network trained as in the learning test (tests/integration/test_training.py: GT of four
-synthetic sequences, float32 training) segments two held-out sequences with the same weights in
-both precisions. Printed: the largest probability difference, the fraction of pixels that change
-class, foreground IoU against the gold truth, and CTC SEG of the masks of the whole pipeline
-(distance watershed) for each precision. Nothing is asserted.
+``bench_inference.py`` measures how much faster bf16 (OpenVINO on a CPU with AMX or AVX512-BF16)
+and int8 (the network quantized by NNCF, efficientcellseg.quantize) are; this measures what they
+change, on a network that has learned something: the tiny network trained as in the learning
+test (tests/integration/test_training.py: GT of four synthetic sequences, float32 training)
+segments two held-out sequences with the same weights in each precision. int8 is calibrated on
+300 of the training slices (``efficientcellseg quantize``; the quantized IR is kept with the
+network). Printed per reduced precision, against f32: the largest probability difference, the
+fraction of pixels that change class; per precision: foreground IoU against the gold truth and
+CTC SEG of the masks of the whole pipeline (distance watershed). Nothing is asserted.
 
 ``--model paper`` trains the paper network instead (random encoder initialisation, no ImageNet
 weights offline; ``--epochs``/``--steps`` set how long: the default 20 x 20 batches of 4 slices
@@ -14,7 +16,7 @@ take about half an hour on 2 cores). Trained networks are kept in .cache/bench_p
 (the tiny one takes about 2 minutes to train on 2 cores).
 
 Usage: .venv/bin/python benchmarks/bench_precision.py [--model tiny|paper] [--epochs 20]
-       [--steps 20] [--retrain]
+       [--steps 20] [--retrain] [--requantize]
 """
 
 from __future__ import annotations
@@ -22,14 +24,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 
 from efficientcellseg import ctc
-from efficientcellseg.inference import export_onnx, open_predictor, predict_slices
+from efficientcellseg.inference import cpu_has_bf16, export_onnx, open_predictor, predict_slices
 from efficientcellseg.metrics import evaluate_sequence
 from efficientcellseg.pseudocolor import pseudocolor_frame
+from efficientcellseg.quantize import quantize_model_folder, quantized_path
 from efficientcellseg.segment import PipelineSettings, segment_sequence, write_pipeline_settings
 from efficientcellseg.settings import (
     PostprocessSettings,
@@ -54,7 +58,7 @@ SETTINGS = {
     "reduce_lr_patience": 2,
 }
 POSTPROCESS = PostprocessSettings("distance", min_area=15, min_volume=40)
-PRECISIONS = ("f32", "bf16")
+PRECISIONS = ("f32", "bf16", "int8")
 
 
 def trained_model_folder(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -63,12 +67,12 @@ def trained_model_folder(args: argparse.Namespace) -> tuple[Path, Path]:
     dataset = cache / "Synthetic-3D"
     models = cache / "models"
     model = models / "segmentation.keras"
+    slices = [cache / f"{seq}.npz" for seq in TRAIN_ON]
     if args.retrain:
         shutil.rmtree(cache, ignore_errors=True)
     if not model.with_suffix(".onnx").is_file():
         print(f"training the {args.model} network on 4 synthetic sequences ...", flush=True)
         write_synthetic_dataset(dataset, DATASET)
-        slices = [cache / f"{seq}.npz" for seq in TRAIN_ON]
         for seq, path in zip(TRAIN_ON, slices, strict=True):
             save_annotated_slices(path, collect_annotated_slices(dataset, seq, ("GT",)))
         outputs = TrainingOutputs(
@@ -80,27 +84,33 @@ def trained_model_folder(args: argparse.Namespace) -> tuple[Path, Path]:
         metadata = train(slices, outputs, config, TrainingSettings(**settings))
         print(f"trained: best validation IoU {metadata['best_val_iou']:.3f}")
         export_onnx(model)
+    if args.requantize or not quantized_path(model).is_file():
+        print("quantizing to int8 on (up to) 300 training slices ...", flush=True)
+        start = time.perf_counter()
+        quantize_model_folder(models, slices)
+        print(f"quantized in {time.perf_counter() - start:.0f} s")
     write_pipeline_settings(models, PipelineSettings(POSTPROCESS))
     return dataset, models
 
 
-def compare_maps(dataset: Path, models: Path) -> None:
-    """Probability maps of both precisions on every annotated frame of the held-out sequences."""
+def compare_maps(dataset: Path, models: Path, precisions: tuple[str, ...]) -> None:
+    """Probability maps of each precision on every annotated frame of the held-out sequences."""
     predictors = {
         p: open_predictor(models / "segmentation.keras", "openvino", precision=p)[0]
-        for p in PRECISIONS
+        for p in precisions
     }
-    overlap = {p: [0, 0] for p in PRECISIONS}  # intersection, union with the gold truth
-    largest_difference, flipped, pixels = 0.0, 0, 0
+    overlap = {p: [0, 0] for p in precisions}  # intersection, union with the gold truth
+    reduced = precisions[1:]
+    largest_difference, flipped, pixels = dict.fromkeys(reduced, 0.0), dict.fromkeys(reduced, 0), 0
     for sequence in HELD_OUT:
         seq = ctc.open_sequence(dataset, sequence)
         for frame in sorted({ann.frame for ann in seq.gt_seg}):
             colour = pseudocolor_frame(ctc.read_image(seq.frames[frame]))
             maps = {p: predict_slices(predict, colour) for p, predict in predictors.items()}
-            largest_difference = max(
-                largest_difference, float(np.abs(maps["f32"] - maps["bf16"]).max())
-            )
-            flipped += int(np.count_nonzero((maps["f32"] > 0.5) != (maps["bf16"] > 0.5)))
+            for p in reduced:
+                difference = float(np.abs(maps["f32"] - maps[p]).max())
+                largest_difference[p] = max(largest_difference[p], difference)
+                flipped[p] += int(np.count_nonzero((maps["f32"] > 0.5) != (maps[p] > 0.5)))
             pixels += maps["f32"].size
             for ann in (a for a in seq.gt_seg if a.frame == frame):
                 truth = ctc.read_annotation(ann, seq.frame_shape) > 0
@@ -108,17 +118,18 @@ def compare_maps(dataset: Path, models: Path) -> None:
                     found = (probability[ann.slice] if ann.is_slice else probability) > 0.5
                     overlap[precision][0] += np.count_nonzero(found & truth)
                     overlap[precision][1] += np.count_nonzero(found | truth)
-    print(
-        f"probabilities: max |f32 - bf16| {largest_difference:.3f}; "
-        f"{flipped / pixels:.1e} of the pixels change class (threshold 0.5)"
-    )
+    for p in reduced:
+        print(
+            f"probabilities: max |f32 - {p}| {largest_difference[p]:.3f}; "
+            f"{flipped[p] / pixels:.1e} of the pixels change class (threshold 0.5)"
+        )
     for precision, (intersection, union) in overlap.items():
         print(f"  {precision:5s} held-out foreground IoU {intersection / union:.4f}")
 
 
-def compare_masks(dataset: Path, models: Path) -> None:
-    """CTC SEG of the whole pipeline's masks in both precisions."""
-    for precision in PRECISIONS:
+def compare_masks(dataset: Path, models: Path, precisions: tuple[str, ...]) -> None:
+    """CTC SEG of the whole pipeline's masks in each precision."""
+    for precision in precisions:
         scores = []
         for sequence in HELD_OUT:
             results = models.parent / f"{sequence}_RES_{precision}"
@@ -137,10 +148,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=SETTINGS["epochs"])
     parser.add_argument("--steps", type=int, default=SETTINGS["steps_per_epoch"], help="per epoch")
     parser.add_argument("--retrain", action="store_true", help="train the network again")
+    parser.add_argument("--requantize", action="store_true", help="quantize the network again")
     args = parser.parse_args()
     dataset, models = trained_model_folder(args)
-    compare_maps(dataset, models)
-    compare_masks(dataset, models)
+    precisions = tuple(p for p in PRECISIONS if p != "bf16" or cpu_has_bf16())
+    if len(precisions) < len(PRECISIONS):
+        print("this CPU has no bfloat16 instructions: bf16 left out")
+    compare_maps(dataset, models, precisions)
+    compare_masks(dataset, models, precisions)
 
 
 if __name__ == "__main__":

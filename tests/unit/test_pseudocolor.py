@@ -187,22 +187,46 @@ def test_green_is_the_normalised_slice_and_values_lie_in_0_1(synthetic_stack):
 
 def test_clahe_runs_once_per_non_black_slice(synthetic_stack, monkeypatch):
     calls = []
-    create = cv2.createCLAHE
 
-    class CountingCLAHE:
-        def __init__(self, **kwargs):
-            assert kwargs == {"clipLimit": 10.0, "tileGridSize": (16, 16)}
-            self._clahe = create(**kwargs)
+    def counting_clahe(image, clip_limit, tile_grid):
+        assert (clip_limit, tile_grid) == (10.0, (16, 16))
+        calls.append(image.dtype)
+        return opencv_clahe(image, clip_limit, tile_grid)
 
-        def apply(self, image):
-            calls.append(image.dtype)
-            return self._clahe.apply(image)
-
-    monkeypatch.setattr(pseudocolor.cv2, "createCLAHE", CountingCLAHE)
+    monkeypatch.setattr(pseudocolor, "clahe", counting_clahe)
     stack = synthetic_stack.copy()
     stack[2] = 0
     pseudocolor_stack(stack)
     assert calls == [np.dtype(np.uint16)] * (len(stack) - 1)  # raw dtype, never normalised
+
+
+# -- the fast path (CLAHE over the levels present, slices on threads) equals the previous one --
+
+
+def opencv_clahe(image, clip_limit, tile_grid):
+    """CLAHE as the pseudocoloring computed it before efficientcellseg.clahe existed."""
+    return cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=tile_grid).apply(image)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_fast_path_equals_opencv_clahe_on_one_thread(synthetic_stack, monkeypatch, dtype):
+    stack = synthetic_stack.copy()
+    if dtype == np.uint8:
+        stack = (stack // (int(stack.max()) // 255 + 1)).astype(np.uint8)
+    stack[[0, 3]] = 0  # all-zero slices: at an end and inside
+    fast = [pseudocolor_stack(stack, threads=threads) for threads in (2, 4)]
+    monkeypatch.setattr(pseudocolor, "clahe", opencv_clahe)
+    previous = pseudocolor_stack(stack, threads=1)
+    assert np.count_nonzero(context_masks(stack, threads=1)) > 1000
+    for colour in fast:
+        np.testing.assert_array_equal(colour, previous)  # bit for bit
+
+
+def test_fast_path_equals_opencv_clahe_on_real_cho_frame(cho_arrays, monkeypatch):
+    image = cho_arrays[0][13].astype(np.uint16) * 257  # 443 rows: OpenCV pads for its tiles
+    fast = pseudocolor_stack(image, threads=2)
+    monkeypatch.setattr(pseudocolor, "clahe", opencv_clahe)
+    np.testing.assert_array_equal(fast, pseudocolor_stack(image, threads=1))
 
 
 def test_frame_2d_is_a_one_slice_stack_with_black_neighbours(synthetic_stack):

@@ -234,6 +234,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("export", help="export a trained .keras network to ONNX beside it")
     p.add_argument("model", type=Path, help="the .keras file")
     p.set_defaults(handler=_export)
+
+    p = commands.add_parser(
+        "quantize", help="quantize a model folder's exported networks to int8 (precision int8)"
+    )
+    p.add_argument("model_dir", type=Path, help="model folder with segmentation.onnx (+ centres)")
+    p.add_argument(
+        "--slices",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="pseudocolored training slices to calibrate on (.npz, e.g. "
+        "results/<ds>/pseudocolor/01.npz)",
+    )
+    p.add_argument(
+        "--count", type=int, default=300, help="calibration slices, spread evenly (default 300)"
+    )
+    p.add_argument(
+        "--int8-last-stage",
+        action="store_true",
+        help="quantize the last decoder stage and the head too (default: they stay in float, "
+        "~13%% slower, fewer pixels change class)",
+    )
+    p.set_defaults(handler=_quantize)
     # -- predict command --
     defaults = InferenceSettings()
     p = commands.add_parser(
@@ -265,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         default=defaults.precision,
         choices=PRECISIONS,
-        help="bf16: OpenVINO in bfloat16 on CPUs with AMX/AVX512-BF16, ~2x faster (%(default)s)",
+        help="bf16: OpenVINO in bfloat16 on CPUs with AMX/AVX512-BF16, ~2x faster; int8: the "
+        "networks quantized by `efficientcellseg quantize` (%(default)s)",
     )
     p.add_argument(
         "--threads", type=int, help="CPU threads (default, or 0: all cores available to it)"
@@ -493,6 +517,16 @@ def _export(args: argparse.Namespace) -> None:
     if _input_file(args.model, "network").suffix != ".keras":
         raise UsageError(f"{args.model}: give the .keras file of a trained network")
     print(f"wrote {export_onnx(args.model)}")
+
+
+def _quantize(args: argparse.Namespace) -> None:
+    from .quantize import quantize_model_folder
+
+    written = quantize_model_folder(
+        args.model_dir, args.slices, args.count, float_last_stage=not args.int8_last_stage
+    )
+    for path in written:
+        print(f"wrote {path} and {path.with_suffix('.bin').name}")
 
 
 def _predict(args: argparse.Namespace) -> None:

@@ -4,7 +4,9 @@ Backends: ``keras`` (a compiled TensorFlow function on the ``.keras`` file), ``o
 Runtime) and ``openvino`` (OpenVINO, reading the same ONNX file). The ONNX file is exported
 beside the ``.keras`` model after training (:func:`export_onnx`). All three compute in float32
 and agree to 1e-4 (tested; about 1e-5 with random weights); on request (``precision="bf16"``)
-OpenVINO computes in bfloat16 on CPUs with AMX or AVX512-BF16, about twice as fast. ``auto``
+OpenVINO computes in bfloat16 on CPUs with AMX or AVX512-BF16, about twice as fast, and
+(``precision="int8"``) runs the int8 OpenVINO IR that :mod:`.quantize` stores beside the ONNX
+file (made once per model with ``efficientcellseg quantize``). ``auto``
 (:func:`choose_backend`) takes TensorFlow when it sees a GPU, and otherwise the fastest CPU
 backend measured with ``benchmarks/bench_inference.py`` that can run here (OpenVINO, then ONNX
 Runtime, then TensorFlow).
@@ -206,20 +208,23 @@ def resolve_inference(
 ) -> tuple[str, str]:
     """The backend and precision that will run ``model_path`` here for the settings asked for.
 
-    ``bf16`` needs OpenVINO; with ``auto`` and a GPU that TensorFlow sees, the GPU runs in f32.
-    Cheap (nothing is loaded), so callers can decide before loading whether finished work was
-    made the same way.
+    ``bf16`` and ``int8`` need OpenVINO (``int8`` its quantized IR beside the model, made by
+    ``efficientcellseg quantize``); with ``auto`` and a GPU that TensorFlow sees, the GPU runs
+    in f32. Cheap (nothing is loaded), so callers can decide before loading whether finished
+    work was made the same way.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")
-    if precision == "bf16":
+    if precision in ("bf16", "int8"):
         if backend not in ("auto", "openvino"):
-            raise ValueError(f"precision bf16 needs the openvino backend, not {backend}")
+            raise ValueError(f"precision {precision} needs the openvino backend, not {backend}")
         if backend == "auto" and gpu_available():
-            log.info("a GPU is present: using it in f32 (precision bf16 is for CPUs)")
+            log.info("a GPU is present: using it in f32 (precision %s is for CPUs)", precision)
             precision = "f32"
         else:
             backend = "openvino"
+    if precision == "int8":
+        _check_quantized(Path(model_path))
     return choose_backend(model_path, backend), precision
 
 
@@ -246,9 +251,11 @@ def open_predictor(
         ``threads // streams`` threads (default :data:`DEFAULT_STREAMS`, at most ``threads``).
         Ignored by ``keras`` and on a GPU.
     precision
-        ``f32`` (all backends) or ``bf16`` (OpenVINO on a CPU with AMX or AVX512-BF16, which
-        ``auto`` then chooses unless TensorFlow sees a GPU): about twice as fast; probabilities
-        move (by up to 0.1 for trained networks, where 5e-5 to 2e-4 of the pixels changed class).
+        ``f32`` (all backends) or ``bf16`` (OpenVINO on a CPU with AMX or AVX512-BF16): about
+        twice as fast; probabilities move (by up to 0.1 for trained networks, where 5e-5 to
+        2e-4 of the pixels changed class). ``int8``: OpenVINO on the CPU runs
+        ``<model>.int8.xml`` (:func:`.quantize.quantized_path`); the layers left in float run
+        in f32.
     """
     backend, precision = resolve_inference(model_path, backend, precision)
     threads = resolve_threads(threads)
@@ -264,6 +271,21 @@ def open_predictor(
     else:
         predict = _openvino_predictor(Path(model_path), threads, streams, precision)
     return Predictor(predict, backend, precision)
+
+
+def _check_quantized(model_path: Path) -> None:
+    from .quantize import quantized_path
+
+    path = quantized_path(model_path)
+    if not path.is_file() or not path.with_suffix(".bin").is_file():
+        raise FileNotFoundError(
+            f"{path} (and its .bin) missing for precision int8: quantize the model folder once "
+            f"with `efficientcellseg quantize {model_path.parent} --slices TRAINING_SLICES.npz "
+            "...` (the pseudocolored training slices, e.g. results/<ds>/pseudocolor/*.npz), or "
+            "use precision f32"
+        )
+    if not runtime_importable("openvino"):
+        raise RuntimeError("precision int8 needs the Python package openvino: install it")
 
 
 def _keras_predictor(model_path: Path, threads: int) -> Predict:
@@ -372,15 +394,18 @@ def _openvino_predictor(model_path: Path, threads: int, streams: int, precision:
     if device == "CPU" and precision == "f32" and has_bf16:
         log.info("this CPU supports bfloat16: precision bf16 would be about twice as fast")
     streams = streams if device == "CPU" else 1
+    network, hint = onnx_path(model_path), precision
+    if precision == "int8":  # int8 where NNCF quantized, the other layers in f32
+        from .quantize import quantized_path
+
+        network, hint = quantized_path(model_path), "f32"
     try:
-        network = core.read_model(str(onnx_path(model_path)))
+        network = core.read_model(str(network))
     except Exception as exc:
         from .model import ModelFileError
 
-        raise ModelFileError(onnx_path(model_path), "OpenVINO", exc) from exc
-    compiled = core.compile_model(
-        network, device, openvino_config(device, threads, streams, precision)
-    )
+        raise ModelFileError(network, "OpenVINO", exc) from exc
+    compiled = core.compile_model(network, device, openvino_config(device, threads, streams, hint))
     if streams == 1:
         request = compiled.create_infer_request()
 

@@ -19,8 +19,10 @@ exact floats that repeated ``t += 0.01`` produces. The context steps run in floa
 published code, because the threshold comparisons are sensitive to the last bit: blurred values
 can equal a threshold mathematically (on the real CHO sample, a float32 context changes masks).
 Slices are processed one at a time with reused buffers, which keeps the working set in cache and
-is about twice as fast as whole-stack array expressions. What remains is dominated by OpenCV's
-CLAHE, which for uint16 builds a 65536-bin lookup table for each of the 256 tiles.
+is about twice as fast as whole-stack array expressions; slices are spread over threads (OpenCV
+and NumPy release the GIL), each with its own buffers, taking the next slice when free. CLAHE
+of uint16 slices is OpenCV's result computed at the grey levels present (:mod:`.clahe`; OpenCV
+fills a 65536-entry table for each of the 256 tiles), about 5 times less CPU and identical.
 
 One deliberate difference: the published normalisation divides by zero on a constant slice with
 positive values and returns NaN; here such a slice normalises to zeros (as a context channel this
@@ -32,9 +34,15 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
+
+from .clahe import clahe
+from .inference import resolve_threads
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +62,11 @@ THRESHOLDS = np.array(
 )
 
 
-def pseudocolor_stack(stack: np.ndarray) -> np.ndarray:
+def pseudocolor_stack(stack: np.ndarray, threads: int | None = None) -> np.ndarray:
     """Pseudocolor every slice of a (Z, H, W) uint8/uint16 stack.
+
+    ``threads``: slices computed at once (None: one per available core); the result does not
+    depend on it.
 
     Returns
     -------
@@ -70,34 +81,38 @@ def pseudocolor_stack(stack: np.ndarray) -> np.ndarray:
         For anything but a non-empty 3D uint8/uint16 array, with advice on what to pass.
     """
     stack = _checked_intensities(stack, "pseudocolor_stack", ndims=(3,))
-    masks = context_masks(stack)
+    masks = context_masks(stack, threads)
     colour = np.empty((*stack.shape, 3), dtype=np.float32)
     no_context = np.zeros(stack.shape[1:], dtype=bool)
-    green = np.empty(stack.shape[1:], dtype=np.float32)
-    scratch = np.empty_like(green)
-    for z, image in enumerate(stack):
-        _normalise(image, out=green)
-        colour[z, ..., 1] = green
-        previous = masks[z - 1] if z > 0 else no_context
-        following = masks[z + 1] if z + 1 < len(stack) else no_context
-        _context_weighted(green, previous, out=colour[z, ..., 0], scratch=scratch)
-        _context_weighted(green, following, out=colour[z, ..., 2], scratch=scratch)
+
+    def colour_slices(slices: Iterator[int]) -> None:
+        green = np.empty(stack.shape[1:], dtype=np.float32)
+        scratch = np.empty_like(green)
+        for z in slices:
+            _normalise(stack[z], out=green)
+            colour[z, ..., 1] = green
+            previous = masks[z - 1] if z > 0 else no_context
+            following = masks[z + 1] if z + 1 < len(stack) else no_context
+            _context_weighted(green, previous, out=colour[z, ..., 0], scratch=scratch)
+            _context_weighted(green, following, out=colour[z, ..., 2], scratch=scratch)
+
+    _spread_slices(colour_slices, len(stack), threads)
     return colour
 
 
-def pseudocolor_frame(frame: np.ndarray) -> np.ndarray:
+def pseudocolor_frame(frame: np.ndarray, threads: int | None = None) -> np.ndarray:
     """Pseudocolor a 2D (H, W) or 3D (Z, H, W) uint8/uint16 frame.
 
     A 3D frame gives (Z, H, W, 3), as :func:`pseudocolor_stack`. A 2D frame has no z-neighbours,
     so it is treated as a one-slice stack whose missing neighbours are all zeros (the rule for the
     ends of a stack): both context masks are empty and red = blue = green, the normalised frame.
     The result is (H, W, 3), a grey image, which keeps the network's 3-channel input and
-    encodes "no context".
+    encodes "no context". ``threads`` as for :func:`pseudocolor_stack`.
     """
     frame = _checked_intensities(frame, "pseudocolor_frame", ndims=(2, 3))
     if frame.ndim == 2:
-        return pseudocolor_stack(frame[np.newaxis])[0]
-    return pseudocolor_stack(frame)
+        return pseudocolor_stack(frame[np.newaxis], threads)[0]
+    return pseudocolor_stack(frame, threads)
 
 
 def cast_pseudocolor(colour: np.ndarray, dtype: str) -> np.ndarray:
@@ -112,34 +127,62 @@ def cast_pseudocolor(colour: np.ndarray, dtype: str) -> np.ndarray:
     return colour.astype(dtype, copy=False)
 
 
-def context_masks(stack: np.ndarray) -> np.ndarray:
+def context_masks(stack: np.ndarray, threads: int | None = None) -> np.ndarray:
     """The adaptive-threshold mask of every slice as a context channel, (Z, H, W) bool.
 
     Slice k's mask is the red channel's mask of slice k + 1 and the blue one's of slice k - 1.
     An all-zero slice gets an empty mask: it skips CLAHE, stays zero and no threshold passes.
+    ``threads`` as for :func:`pseudocolor_stack`.
     """
     stack = _checked_intensities(stack, "context_masks", ndims=(3,))
-    clahe = cv2.createCLAHE(clipLimit=CLAHE_CLIP_LIMIT, tileGridSize=CLAHE_TILE_GRID)
     masks = np.zeros(stack.shape, dtype=bool)
-    normalised = np.empty(stack.shape[1:], dtype=np.float64)
-    blurred = np.empty_like(normalised)
-    all_zero = exhausted = 0
-    for z, image in enumerate(stack):
-        if not image.any():
-            all_zero += 1
-            continue
-        _normalise(clahe.apply(image), out=normalised)
-        cv2.blur(normalised, BLUR_KERNEL, dst=blurred)
-        tries = threshold_tries(blurred)
-        exhausted += tries == MAX_THRESHOLD_TRIES
-        np.greater(blurred, THRESHOLDS[tries - 1], out=masks[z])
+    tries = np.zeros(len(stack), dtype=int)  # 0: an all-zero slice
+
+    def mask_slices(slices: Iterator[int]) -> None:
+        normalised = np.empty(stack.shape[1:], dtype=np.float64)
+        blurred = np.empty_like(normalised)
+        for z in slices:
+            if not stack[z].any():
+                continue
+            _normalise(clahe(stack[z], CLAHE_CLIP_LIMIT, CLAHE_TILE_GRID), out=normalised)
+            cv2.blur(normalised, BLUR_KERNEL, dst=blurred)
+            tries[z] = threshold_tries(blurred)
+            np.greater(blurred, THRESHOLDS[tries[z] - 1], out=masks[z])
+
+    _spread_slices(mask_slices, len(stack), threads)
     log.debug(
         "context masks of %d slices (%d all zero, %d ran out of threshold tries)",
         len(stack),
-        all_zero,
-        exhausted,
+        np.count_nonzero(tries == 0),
+        np.count_nonzero(tries == MAX_THRESHOLD_TRIES),
     )
     return masks
+
+
+def _spread_slices(work: Callable[[Iterator[int]], None], count: int, threads: int | None) -> None:
+    """Run ``work`` on one thread per worker (at most ``threads``, None: one per available core),
+    each taking the next of ``range(count)`` when it is free and allocating its buffers once.
+
+    Taking slices as they come (rather than a fixed share each) keeps a thread whose core is
+    busy with other work from holding up the whole stack.
+    """
+    workers = min(resolve_threads(threads), count)
+    if workers == 1:
+        work(iter(range(count)))
+        return
+    indices, lock = iter(range(count)), threading.Lock()
+
+    def shared() -> Iterator[int]:
+        while True:
+            with lock:
+                index = next(indices, None)
+            if index is None:
+                return
+            yield index
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="pseudocolor") as pool:
+        for _ in pool.map(lambda _: work(shared()), range(workers)):
+            pass  # re-raises a worker's exception
 
 
 def threshold_tries(context: np.ndarray) -> int:
@@ -149,12 +192,14 @@ def threshold_tries(context: np.ndarray) -> int:
     the pixels in (0, MAX_FOREGROUND_FRACTION]; the mask it keeps is that of the last t tried.
     The fraction never grows with t, so the first t with fraction <= the limit is found by
     bisection; if that mask is empty, every later one is too and the loop runs to the end.
+    The bisection counts among the pixels above the first threshold only (usually a few %).
     """
     size = context.size
+    candidates = context[context > THRESHOLDS[0]]
 
     @functools.cache
     def foreground(index: int) -> int:
-        return np.count_nonzero(context > THRESHOLDS[index])
+        return np.count_nonzero(candidates > THRESHOLDS[index])
 
     low, high = 0, MAX_THRESHOLD_TRIES  # the first small-enough index lies in [low, high]
     while low < high:

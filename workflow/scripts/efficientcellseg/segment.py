@@ -119,7 +119,7 @@ class Segmenter:
         two. The heatmap is 0 on the slices skipped.
         """
         with self._timed("pseudocolor"):
-            colour = pseudocolor_frame(frame)
+            colour = pseudocolor_frame(frame, threads=self.inference.threads)
         slices = colour if frame.ndim == 3 else colour[None]
         with self._timed("segmentation"):
             maps = {"segmentation": self._predict("segmentation", slices)}
