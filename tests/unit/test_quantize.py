@@ -103,9 +103,9 @@ def test_int8_probabilities_stay_close_to_f32(quantized_folder, synthetic_datase
     from efficientcellseg import ctc
 
     model = quantized_folder / "segmentation.keras"
-    f32, _ = open_predictor(model, "openvino", precision="f32")
-    int8, backend = open_predictor(model, precision="int8")
-    assert backend == "openvino"
+    f32 = open_predictor(model, "openvino", precision="f32")
+    int8 = open_predictor(model, precision="int8")
+    assert (int8.backend, int8.precision) == ("openvino", "int8")
     seq = ctc.open_sequence(synthetic_dataset, "02")  # not calibrated on
     colour = np.concatenate([pseudocolor_frame(ctc.read_image(seq.frames[t])) for t in (0, 2)])
     expected, found = predict_slices(f32, colour), predict_slices(int8, colour)
@@ -153,5 +153,5 @@ def test_int8_without_quantized_ir_names_the_file_and_the_command(tiny_model_fol
 def test_quantize_command_needs_an_exported_network(tmp_path, caplog):
     slices = tmp_path / "s.npz"
     np.savez(slices, images=np.zeros((2, 8, 8, 3), np.float16))
-    assert main(["quantize", str(tmp_path), "--slices", str(slices)]) == 2
+    assert main(["quantize", str(tmp_path), "--slices", str(slices)]) == 1  # a run-time failure
     assert f"{tmp_path} holds no exported network" in caplog.text

@@ -110,7 +110,7 @@ def test_the_workflow_config_becomes_typed_settings() -> None:
         ),
         (
             {"defaults": {"inference": {"precision": "f16"}}},
-            r"defaults\.inference\.precision: 'f16' is not one of \['f32', 'bf16'\]",
+            r"defaults\.inference\.precision: 'f16' is not one of \['f32', 'bf16', 'int8'\]",
         ),
         (
             {
