@@ -268,7 +268,7 @@ def test_bfloat16_training_follows_float32_training(resumed_run: ResumedRun, rec
     """
     import keras
 
-    from efficientcellseg.model import build_model, load_model
+    from efficientcellseg.model import EncoderInitialisation, build_model, load_model
     from efficientcellseg.training import _compiled_model
     from efficientcellseg.training_data import validation_split
 
@@ -284,7 +284,7 @@ def test_bfloat16_training_follows_float32_training(resumed_run: ResumedRun, rec
         )
         batches = _TrainingBatches(data.subset(train_index), config.input_size, settings)
         keras.utils.set_random_seed(0)
-        model = _compiled_model(config, settings)
+        model = _compiled_model(config, settings, EncoderInitialisation("random"))
         model.set_weights(trained.get_weights())
         steps = settings.steps_per_epoch
         model.fit(
